@@ -1,0 +1,315 @@
+"""Numba kernels for sparse coding and the K-SVD statistics.
+
+Pure functions over NumPy arrays: no Dask, no Python objects. Rows are samples, atoms are rows
+of ``D``. Each kernel is serial over rows when called from a Dask task (Dask supplies the
+parallelism across chunks) and parallel over rows when called directly on one large block.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# Relative size below which a new atom is treated as linearly dependent on the chosen ones
+# (the Cholesky pivot 1 - w.w); continuing would divide by ~0 and produce huge coefficients.
+_DEPENDENCE_EPS = 1e-6
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _abs_max(alpha):
+    """max |alpha|, with 16 independent lanes so that LLVM emits SIMD compares."""
+    n = alpha.shape[0]
+    lanes = np.zeros(16, dtype=alpha.dtype)
+    full = n - n % 16
+    for j in range(0, full, 16):
+        for lane in range(16):
+            a = abs(alpha[j + lane])
+            lanes[lane] = a if a > lanes[lane] else lanes[lane]
+    best = lanes.max()
+    for j in range(full, n):
+        a = abs(alpha[j])
+        best = a if a > best else best
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha, lower, z, proj):
+    """Batch-OMP for one row; returns the number of atoms selected (outputs filled in place).
+
+    With G_II = L L^T over the chosen atoms, the orthonormalised directions q_s of the chosen
+    atoms have correlations u_s = D q_s = (G[j_s] - sum_t L[s, t] u_t) / L[s, s] with every atom,
+    and the residual's correlations shrink as alpha -= z_s u_s with z = L^{-1} alpha0[I]. Keeping
+    the u_s in a small (n_nonzero, K) buffer touches one new row of the Gram matrix per step
+    instead of all chosen ones, which keeps the kernel out of main memory. The squared residual
+    norm is |y|^2 - |z|^2.
+
+    alpha0 : (K,) correlations D y; gram : (K, K) D D^T; y_sqnorm : |y|^2;
+    tol_sq : stop once the squared residual norm <= tol_sq.
+    """
+    n_atoms = alpha0.shape[0]
+    alpha[:] = alpha0
+    n_sel = 0
+    if y_sqnorm <= tol_sq or y_sqnorm == 0.0:
+        return 0
+    residual_sq = y_sqnorm
+    for step in range(n_nonzero):
+        # argmax |alpha| in two vectorisable sweeps; chosen atoms have alpha set to 0
+        best_val = _abs_max(alpha)
+        if best_val <= 0.0:
+            break
+        best = 0
+        for j in range(n_atoms):
+            if abs(alpha[j]) == best_val:
+                best = j
+                break
+        # new Cholesky row: solve L w = G[chosen, best]; pivot = G[best, best] - w.w
+        wsq = 0.0
+        for r in range(n_sel):
+            acc = np.float64(gram[idx_out[r], best])
+            for c in range(r):
+                acc -= lower[r, c] * lower[n_sel, c]
+            lower[n_sel, r] = acc / lower[r, r]
+            wsq += lower[n_sel, r] * lower[n_sel, r]
+        pivot = gram[best, best] - wsq
+        if pivot <= _DEPENDENCE_EPS * gram[best, best]:
+            break  # linearly dependent on the chosen atoms
+        diag = np.sqrt(pivot)
+        lower[n_sel, n_sel] = diag
+        acc = np.float64(alpha0[best])
+        for c in range(n_sel):
+            acc -= lower[n_sel, c] * z[c]
+        z[n_sel] = acc / diag
+        idx_out[n_sel] = best
+        n_sel += 1
+        residual_sq -= z[n_sel - 1] * z[n_sel - 1]
+        if n_sel == n_nonzero or residual_sq <= tol_sq:
+            break
+        # u_s = (G[best] - sum_t L[s, t] u_t) / L[s, s];  alpha -= z_s u_s
+        s = n_sel - 1
+        u = proj[s]
+        row = gram[best]
+        u[:] = row
+        for t in range(s):
+            coef = u.dtype.type(lower[s, t])
+            prev = proj[t]
+            for j in range(n_atoms):
+                u[j] -= coef * prev[j]
+        inv = u.dtype.type(1.0 / diag)
+        step_z = u.dtype.type(z[s] / diag)
+        for j in range(n_atoms):
+            alpha[j] -= step_z * u[j]
+            u[j] *= inv
+        for t in range(n_sel):
+            alpha[idx_out[t]] = 0.0
+    # coefficients gamma = L^{-T} z
+    for r in range(n_sel - 1, -1, -1):
+        acc = z[r]
+        for c in range(r + 1, n_sel):
+            acc -= lower[c, r] * val_out[c]
+        val_out[r] = acc / lower[r, r]
+    return n_sel
+
+
+@numba.njit(cache=True, nogil=True)
+def batch_omp(corr, gram, y_sqnorms, n_nonzero, tol):
+    """Batch-OMP (Rubinstein, Zibulevsky & Elad 2008) over the rows of a block.
+
+    Parameters
+    ----------
+    corr : ndarray of shape (n_samples, n_atoms)
+        Correlations ``Y D^T`` (one GEMM, computed by the caller).
+    gram : ndarray of shape (n_atoms, n_atoms)
+        ``D D^T`` for unit-norm atoms.
+    y_sqnorms : ndarray of shape (n_samples,)
+        Squared norms of the rows of ``Y``.
+    n_nonzero : int
+        Maximum number of atoms per row.
+    tol : float
+        Stop a row once ``|y - x D| <= tol * |y|``; 0 disables.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_samples, n_nonzero), int32, -1 padded
+    values : ndarray of shape (n_samples, n_nonzero), 0 padded
+    """
+    n_samples, n_atoms = corr.shape
+    indices = np.full((n_samples, n_nonzero), -1, dtype=np.int32)
+    values = np.zeros((n_samples, n_nonzero), dtype=corr.dtype)
+    alpha = np.empty(n_atoms, dtype=corr.dtype)
+    lower = np.zeros((n_nonzero, n_nonzero), dtype=np.float64)
+    z = np.empty(n_nonzero, dtype=np.float64)
+    val = np.empty(n_nonzero, dtype=np.float64)
+    proj = np.empty((n_nonzero, n_atoms), dtype=corr.dtype)
+    for i in range(n_samples):
+        tol_sq = tol * tol * y_sqnorms[i]
+        n_sel = _omp_row(corr[i], gram, y_sqnorms[i], n_nonzero, tol_sq, indices[i], val, alpha,
+                         lower, z, proj)
+        for s in range(n_sel):
+            values[i, s] = val[s]
+        for s in range(n_sel, n_nonzero):
+            indices[i, s] = -1
+    return indices, values
+
+
+@numba.njit(cache=True, nogil=True)
+def matching_pursuit(corr, gram, y_sqnorms, n_nonzero, tol):
+    """Matching pursuit with a least-squares refit on the chosen support.
+
+    Runs ``n_nonzero`` greedy steps (an atom may be chosen again), then solves the normal
+    equations on the distinct atoms chosen, as KSVD.jl's default coder does. Same parameters
+    and returns as :func:`batch_omp`.
+    """
+    n_samples, n_atoms = corr.shape
+    indices = np.full((n_samples, n_nonzero), -1, dtype=np.int32)
+    values = np.zeros((n_samples, n_nonzero), dtype=corr.dtype)
+    alpha = np.empty(n_atoms, dtype=np.float64)
+    coef = np.zeros(n_atoms, dtype=np.float64)
+    support = np.empty(n_nonzero, dtype=np.int64)
+    for i in range(n_samples):
+        for j in range(n_atoms):
+            alpha[j] = corr[i, j]
+        residual_sq = y_sqnorms[i]
+        tol_sq = tol * tol * y_sqnorms[i]
+        n_sel = 0
+        for step in range(n_nonzero):
+            if residual_sq <= tol_sq:
+                break
+            best = 0
+            best_val = -1.0
+            for j in range(n_atoms):
+                if abs(alpha[j]) > best_val:
+                    best_val = abs(alpha[j])
+                    best = j
+            if best_val <= 0.0:
+                break
+            a = alpha[best]
+            new = True
+            for s in range(n_sel):
+                if support[s] == best:
+                    new = False
+            if new:
+                support[n_sel] = best
+                n_sel += 1
+            coef[best] += a
+            residual_sq -= a * a
+            row = gram[best]
+            for j in range(n_atoms):
+                alpha[j] -= a * row[j]
+        if n_sel > 0:
+            sub = np.empty((n_sel, n_sel), dtype=np.float64)
+            rhs = np.empty(n_sel, dtype=np.float64)
+            for r in range(n_sel):
+                rhs[r] = corr[i, support[r]]
+                for c in range(n_sel):
+                    sub[r, c] = gram[support[r], support[c]]
+            # the refit is skipped when the chosen atoms are (nearly) dependent
+            if np.linalg.cond(sub) < 1e8:
+                sol = np.linalg.solve(sub, rhs)
+                for r in range(n_sel):
+                    coef[support[r]] = sol[r]
+        for s in range(n_sel):
+            indices[i, s] = support[s]
+            values[i, s] = coef[support[s]]
+            coef[support[s]] = 0.0
+    return indices, values
+
+
+@numba.njit(cache=True, nogil=True)
+def residual_statistics(y, atoms, indices, values, n_worst):
+    """Everything one K-SVD iteration needs from a coded block, in one sweep over its rows.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_samples, n_features)
+    atoms : ndarray of shape (n_atoms, n_features)
+    indices, values : ndarrays of shape (n_samples, n_nonzero)
+        The codes of ``y`` (-1 / 0 padded).
+    n_worst : int
+        How many of the worst-represented rows to return (for atom replacement).
+
+    Returns
+    -------
+    restricted : ndarray of shape (n_atoms, n_features), float64
+        Row j is ``sum_i r_i x_ij`` over the rows using atom j, where ``r = y - x D`` (the
+        restricted residual product without its ``d_j |x_j|^2`` term, added after reduction).
+    coef_sq : ndarray of shape (n_atoms,)
+        ``sum_i x_ij^2``.
+    usage : ndarray of shape (n_atoms,), int64
+        Number of rows using each atom.
+    sums : ndarray of shape (5,)
+        ``|R|^2``, ``|Y|^2``, the sum of per-row relative residuals over non-zero rows, the
+        number of non-zero rows and the number of non-zeros in the codes.
+    row_sum : ndarray of shape (n_features,)
+        Column sums of ``y`` (for the FVU's mean).
+    worst_err, worst_rows : ndarrays of shape (m,) and (m, n_features)
+        Squared residual norms and rows of the ``m = min(n_worst, n_samples)`` worst rows.
+    """
+    n_samples, n_features = y.shape
+    n_atoms = atoms.shape[0]
+    n_nonzero = indices.shape[1]
+    restricted = np.zeros((n_atoms, n_features), dtype=np.float64)
+    coef_sq = np.zeros(n_atoms, dtype=np.float64)
+    usage = np.zeros(n_atoms, dtype=np.int64)
+    sums = np.zeros(5, dtype=np.float64)
+    row_sum = np.zeros(n_features, dtype=np.float64)
+    err = np.empty(n_samples, dtype=np.float64)
+    r = np.empty(n_features, dtype=np.float64)
+    for i in range(n_samples):
+        y_sq = 0.0
+        for f in range(n_features):
+            r[f] = y[i, f]
+            y_sq += r[f] * r[f]
+            row_sum[f] += r[f]
+        for s in range(n_nonzero):
+            j = indices[i, s]
+            if j < 0:
+                continue
+            x = values[i, s]
+            for f in range(n_features):
+                r[f] -= x * atoms[j, f]
+        r_sq = 0.0
+        for f in range(n_features):
+            r_sq += r[f] * r[f]
+        err[i] = r_sq
+        sums[0] += r_sq
+        sums[1] += y_sq
+        if y_sq > 0.0:
+            sums[2] += np.sqrt(r_sq / y_sq)
+            sums[3] += 1.0
+        for s in range(n_nonzero):
+            j = indices[i, s]
+            if j < 0:
+                continue
+            x = values[i, s]
+            if x == 0.0:
+                continue
+            sums[4] += 1.0
+            usage[j] += 1
+            coef_sq[j] += x * x
+            for f in range(n_features):
+                restricted[j, f] += x * r[f]
+    m = min(n_worst, n_samples)
+    order = np.argsort(-err)[:m]
+    worst_err = err[order]
+    worst_rows = np.empty((m, n_features), dtype=y.dtype)
+    for t in range(m):
+        worst_rows[t] = y[order[t]]
+    return restricted, coef_sq, usage, sums, row_sum, worst_err, worst_rows
+
+
+@numba.njit(cache=True, nogil=True)
+def codes_times_atoms(indices, values, atoms):
+    """Reconstruction ``X D`` of a block from its fixed-width codes, shape (n_samples, n_features)."""
+    n_samples, n_nonzero = indices.shape
+    out = np.zeros((n_samples, atoms.shape[1]), dtype=atoms.dtype)
+    for i in range(n_samples):
+        for s in range(n_nonzero):
+            j = indices[i, s]
+            if j >= 0:
+                x = values[i, s]
+                for f in range(atoms.shape[1]):
+                    out[i, f] += x * atoms[j, f]
+    return out
+
+
+CODERS = {"omp": batch_omp, "mp": matching_pursuit}

@@ -1,0 +1,563 @@
+"""K-SVD out of core: each iteration is one Dask graph over the row chunks of the data.
+
+One iteration (``update="approx"``, the default) reads every chunk once. Per chunk, a task
+computes the correlations ``Y_b D^T`` (one GEMM), codes the rows (Batch-OMP or matching pursuit,
+numba), and returns the restricted residual products ``sum_i r_i x_ij`` of every atom, the
+squared coefficients, usage counts, error sums and its worst-represented rows. A tree reduction
+sums them and the driver updates all atoms at once: for OMP codes ``E_w d_j = x_wj`` (the residual
+is orthogonal to the chosen atoms), so ``E_w^T x_wj`` is one power step towards the leading right
+singular vector of the restricted residual ``E_w`` from the current atom (approximate K-SVD,
+Rubinstein et al. 2008), with all atoms updated from the state at the iteration's start.
+
+``update="ksvd"`` is textbook K-SVD (Aharon, Elad & Bruckstein 2006): each atom and its
+coefficients are replaced by the leading singular pair of the restricted residual, in batches of
+``atom_batch_size`` atoms (Jacobi inside a batch, Gauss–Seidel across batches). It needs all rows of
+an atom's restricted residual at once, so it runs on data held in one chunk.
+
+Unused atoms (fewer than 4 users) and near-duplicates (``|d_i . d_j| > 0.99``) are replaced by the
+worst-represented samples, as the K-SVD toolbox's ``clearDictionary`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+
+from . import _kernels
+from ._version import __version__
+from .errors import CheckpointMismatchError, InvalidInputError
+from .runtime import Runtime, runtime
+from .store import as_dask_array, atomic_replace, check_writable, temporary_sibling
+
+# K-SVD toolbox (clearDictionary): atoms used by fewer samples, or closer than this to another
+# atom, are replaced.
+MIN_ATOM_USAGE = 4
+MAX_COHERENCE = 0.99
+_CODERS = ("omp", "mp")
+_UPDATES = ("approx", "ksvd")
+_INITS = ("data", "kmeans++", "random")
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """Hyper-parameters of a fit, validated; stored in models and checkpoints."""
+
+    n_atoms: int
+    n_nonzero: int
+    n_iter: int
+    coder: str = "omp"
+    tol: float = 0.0
+    update: str = "approx"
+    atom_batch_size: int | None = None
+    shuffle_atoms: bool = True
+    replace_atoms: bool = True
+    init: str = "data"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
+                    shuffle_atoms, replace_atoms, init, dtype, n_samples, n_features) -> FitParams:
+    """Check every hyper-parameter against the data's shape; raise naming the problem."""
+    def positive_int(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidInputError(f"Expected {name} to be a positive integer. Got {value!r}.")
+        return int(value)
+
+    n_atoms = positive_int("n_atoms", n_atoms)
+    n_nonzero = positive_int("n_nonzero", n_nonzero)
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+        raise InvalidInputError(f"Expected n_iter to be a non-negative integer. Got {n_iter!r}.")
+    if n_nonzero > n_features:
+        raise InvalidInputError(
+            f"n_nonzero={n_nonzero} exceeds the number of features ({n_features}): a sample "
+            f"cannot use more than {n_features} linearly independent atoms."
+        )
+    if n_nonzero > n_atoms:
+        raise InvalidInputError(f"n_nonzero={n_nonzero} exceeds n_atoms={n_atoms}.")
+    if n_atoms > n_samples:
+        raise InvalidInputError(
+            f"n_atoms={n_atoms} is larger than the number of samples ({n_samples}); a dictionary "
+            "needs at least as many samples as atoms."
+        )
+    if coder not in _CODERS:
+        raise InvalidInputError(f"Expected coder in {_CODERS}. Got {coder!r}.")
+    if update not in _UPDATES:
+        raise InvalidInputError(f"Expected update in {_UPDATES}. Got {update!r}.")
+    if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+        raise InvalidInputError(f"Expected 0 <= tol < 1 (relative residual). Got {tol!r}.")
+    if atom_batch_size is not None:
+        atom_batch_size = positive_int("atom_batch_size", atom_batch_size)
+    if isinstance(init, str) and init not in _INITS:
+        raise InvalidInputError(f"Expected init in {_INITS} or an array. Got {init!r}.")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise InvalidInputError(f"Expected dtype float32 or float64. Got {dtype}.")
+    return FitParams(n_atoms, n_nonzero, int(n_iter), coder, float(tol), update, atom_batch_size,
+                     bool(shuffle_atoms), bool(replace_atoms),
+                     init if isinstance(init, str) else "array", dtype.name)
+
+
+def base_seed(random_state) -> int:
+    """One integer from which every random draw of a fit is derived (so resumes agree)."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % 2**63)
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31))
+    raise InvalidInputError(f"Expected random_state None, an int or a Generator. Got {random_state!r}.")
+
+
+def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
+    """The generator of one iteration (iteration 0 is the initialisation)."""
+    return np.random.default_rng([seed, iteration])
+
+
+# --------------------------------------------------------------------------- chunk tasks
+
+
+def _as_block(y: np.ndarray, dtype) -> np.ndarray:
+    return np.ascontiguousarray(y, dtype=dtype)
+
+
+def check_block(y: np.ndarray, offset: int) -> np.ndarray:
+    """Per-block validation: NaN/inf rows are an error naming the first bad row."""
+    finite = np.isfinite(y).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InvalidInputError(
+            f"The data holds {bad.size} row(s) with NaN or inf values in rows "
+            f"{offset}–{offset + y.shape[0] - 1}, first at row {offset + bad[0]}. "
+            "Remove or repair them before fitting."
+        )
+    return np.array([y.shape[0], int((~y.any(axis=1)).sum())], dtype=np.int64)
+
+
+def code_block(y, atoms, gram, n_nonzero, tol, coder):
+    """Sparse codes of one block: correlations by one GEMM, then the numba coder."""
+    corr = y @ atoms.T
+    sqnorms = np.einsum("ij,ij->i", y, y)
+    return _kernels.CODERS[coder](corr, gram, sqnorms, n_nonzero, tol)
+
+
+def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst):
+    y = _as_block(y, atoms.dtype)
+    indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
+    names = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
+    return dict(zip(names, _kernels.residual_statistics(y, atoms, indices, values, n_worst)))
+
+
+def _merge_statistics(parts, n_worst):
+    out = {key: sum(p[key] for p in parts) for key in
+           ("restricted", "coef_sq", "usage", "sums", "row_sum")}
+    err = np.concatenate([p["worst_err"] for p in parts])
+    rows = np.concatenate([p["worst_rows"] for p in parts])
+    keep = np.argsort(-err, kind="stable")[:n_worst]
+    out["worst_err"], out["worst_rows"] = err[keep], rows[keep]
+    return out
+
+
+def _tree_reduce(parts, n_worst, split_every=8):
+    while len(parts) > 1:
+        parts = [dask.delayed(_merge_statistics)(parts[i:i + split_every], n_worst)
+                 for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+def _exact_ksvd_block(y, atoms, gram, n_nonzero, tol, coder, n_worst, order, batch_size):
+    """Textbook K-SVD on a block holding all the data: code, then update atoms by batches."""
+    y = _as_block(y, atoms.dtype)
+    indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
+    names = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
+    stats = dict(zip(names, _kernels.residual_statistics(y, atoms, indices, values, n_worst)))
+    new_atoms = ksvd_update(y, atoms, indices, values, order, batch_size)
+    return stats, new_atoms
+
+
+def ksvd_update(y, atoms, indices, values, order, batch_size):
+    """Exact K-SVD dictionary update (in memory).
+
+    For each atom j, in ``order`` and in batches of ``batch_size`` (each batch from the state at
+    its start), the restricted residual ``E = Y_w - X_w D + x_wj d_j`` over the rows w using j
+    is replaced by its leading singular pair: ``d_j = v``, ``x_wj = s u``, with the sign chosen
+    so that ``d_j`` keeps its direction (``d_new . d_old >= 0``).
+
+    Returns the new atoms, shape (n_atoms, n_features).
+    """
+    atoms = atoms.astype(np.float64, copy=True)
+    y = y.astype(np.float64)
+    values = values.astype(np.float64, copy=True)
+    residual = y - _kernels.codes_times_atoms(indices, values, atoms)
+    rows_of, slot_of = _users(indices, values, atoms.shape[0])
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        updates = []
+        for j in batch:
+            rows, slots = rows_of[j], slot_of[j]
+            if rows.size == 0:
+                continue
+            coef = values[rows, slots]
+            restricted = residual[rows] + np.outer(coef, atoms[j])
+            u, s, vt = _leading_singular_pair(restricted)
+            sign = -1.0 if vt @ atoms[j] < 0 else 1.0
+            updates.append((j, rows, slots, coef, sign * vt, sign * s * u))
+        for j, rows, slots, coef, atom, new_coef in updates:
+            residual[rows] += np.outer(coef, atoms[j]) - np.outer(new_coef, atom)
+            atoms[j] = atom
+            values[rows, slots] = new_coef
+    return atoms
+
+
+def _users(indices, values, n_atoms):
+    """For each atom, the rows using it and the slot of the atom in those rows' codes."""
+    used = (indices >= 0) & (values != 0)
+    rows, slots = np.nonzero(used)
+    atom_ids = indices[rows, slots]
+    order = np.argsort(atom_ids, kind="stable")
+    bounds = np.searchsorted(atom_ids[order], np.arange(n_atoms + 1))
+    rows_of = [rows[order[bounds[j]:bounds[j + 1]]] for j in range(n_atoms)]
+    slot_of = [slots[order[bounds[j]:bounds[j + 1]]] for j in range(n_atoms)]
+    return rows_of, slot_of
+
+
+def _leading_singular_pair(matrix):
+    """(u, s, v) of the largest singular value; falls back to an eigensolver if LAPACK fails."""
+    try:
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        return u[:, 0], s[0], vt[0]
+    except np.linalg.LinAlgError:  # gesdd occasionally fails to converge; eigh does not
+        w, v = np.linalg.eigh(matrix.T @ matrix)
+        vec = v[:, -1]
+        s = float(np.sqrt(max(w[-1], 0.0)))
+        u = matrix @ vec / s if s > 0 else np.zeros(matrix.shape[0])
+        return u, s, vec
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def approx_update(atoms: np.ndarray, stats: dict) -> np.ndarray:
+    """All atoms from one power step: ``d_j ∝ E_w^T x_wj = sum r_i x_ij + d_j |x_j|^2``."""
+    direction = stats["restricted"] + atoms * stats["coef_sq"][:, None]
+    norms = np.linalg.norm(direction, axis=1)
+    new = atoms.astype(np.float64, copy=True)
+    ok = norms > 0
+    new[ok] = direction[ok] / norms[ok, None]
+    return new
+
+
+def replace_atoms(atoms: np.ndarray, stats: dict) -> tuple[np.ndarray, int]:
+    """Replace unused and near-duplicate atoms by the worst-represented samples.
+
+    Returns the atoms and how many were replaced.
+    """
+    atoms = atoms.copy()
+    candidates = [row for err, row in zip(stats["worst_err"], stats["worst_rows"]) if err > 0]
+    gram = np.abs(atoms @ atoms.T)
+    np.fill_diagonal(gram, 0.0)
+    replaced = 0
+    for j in range(atoms.shape[0]):
+        if stats["usage"][j] >= MIN_ATOM_USAGE and gram[j].max() <= MAX_COHERENCE:
+            continue
+        if replaced >= len(candidates):
+            break
+        row = np.asarray(candidates[replaced], dtype=np.float64)
+        atoms[j] = row / np.linalg.norm(row)
+        column = np.abs(atoms @ atoms[j])
+        column[j] = 0.0
+        gram[j], gram[:, j] = column, column
+        replaced += 1
+    return atoms, replaced
+
+
+def _summary(stats: dict, n_rows: int, n_zero_rows: int, n_features: int) -> dict:
+    residual_sq, y_sq, rel_sum, n_nonzero_rows, nnz = stats["sums"]
+    mean = stats["row_sum"] / n_rows
+    centred = y_sq - n_rows * float(mean @ mean)
+    return {
+        "relative_error": float(np.sqrt(residual_sq / y_sq)) if y_sq > 0 else 0.0,
+        "fvu": float(residual_sq / centred) if centred > 0 else 0.0,
+        "mean_relative_residual": float(rel_sum / n_nonzero_rows) if n_nonzero_rows else 0.0,
+        "mean_l0": float(nnz / n_rows),
+        "dead_atoms": int((stats["usage"] == 0).sum()),
+    }
+
+
+def initial_atoms(data, init, n_atoms: int, rng: np.random.Generator, dtype) -> np.ndarray:
+    """Initial dictionary, unit rows, shape (n_atoms, n_features).
+
+    ``"data"``: distinct random non-zero rows; ``"kmeans++"``: D²-sampling on a sample of rows
+    (up to 20 per atom); ``"random"``: Gaussian; an array: used as given (normalised).
+    """
+    n_samples, n_features = data.shape
+    if not isinstance(init, str):
+        atoms = np.asarray(init, dtype=np.float64)
+        if atoms.shape != (n_atoms, n_features):
+            raise InvalidInputError(
+                f"Expected init of shape ({n_atoms}, {n_features}). Got {atoms.shape}."
+            )
+        if not np.isfinite(atoms).all():
+            raise InvalidInputError("The initial dictionary holds NaN or inf values.")
+    elif init == "random":
+        atoms = rng.standard_normal((n_atoms, n_features))
+    else:
+        n_draw = min(n_samples, n_atoms * (20 if init == "kmeans++" else 2))
+        rows = np.sort(rng.choice(n_samples, size=n_draw, replace=False))
+        sample = np.asarray(data[rows].compute(scheduler="sync"), dtype=np.float64)
+        sample = sample[np.linalg.norm(sample, axis=1) > 0]
+        if sample.shape[0] < n_atoms:
+            raise InvalidInputError(
+                f"Only {sample.shape[0]} non-zero rows were found for {n_atoms} atoms; the "
+                "data has too few non-zero samples (or use init='random')."
+            )
+        sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+        if init == "data":
+            atoms = sample[rng.permutation(sample.shape[0])[:n_atoms]]
+        else:
+            atoms = _kmeans_plus_plus(sample, n_atoms, rng)
+    norms = np.linalg.norm(atoms, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidInputError("The initial dictionary holds an all-zero atom.")
+    return (atoms / norms).astype(dtype)
+
+
+def _kmeans_plus_plus(sample, n_atoms, rng):
+    """D² seeding with the sign-invariant distance 1 - (d . y)^2 of unit vectors."""
+    chosen = [int(rng.integers(sample.shape[0]))]
+    dist = 1.0 - (sample @ sample[chosen[0]]) ** 2
+    for _ in range(1, n_atoms):
+        p = np.clip(dist, 0, None)
+        total = p.sum()
+        nxt = int(rng.choice(sample.shape[0], p=p / total)) if total > 0 else int(
+            rng.integers(sample.shape[0]))
+        chosen.append(nxt)
+        dist = np.minimum(dist, 1.0 - (sample @ sample[nxt]) ** 2)
+    return sample[chosen]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _fingerprint(data, description: dict) -> dict:
+    return {"shape": list(data.shape), "dtype": str(data.dtype),
+            "chunks": [list(c) for c in data.chunks][:1], **description}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write the state after an iteration as a new Zarr group, then swap it in atomically."""
+    tmp = temporary_sibling(path)
+    try:
+        group = zarr.open_group(tmp, mode="w")
+        group.create_array("atoms", data=state["atoms"])
+        group.attrs["daskdict_checkpoint"] = {k: v for k, v in state.items() if k != "atoms"}
+        atomic_replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The saved state, or None if there is no finished checkpoint at ``path``."""
+    if not (path / "zarr.json").exists():
+        return None
+    group = zarr.open_group(path, mode="r")
+    state = dict(group.attrs["daskdict_checkpoint"])
+    state["atoms"] = np.asarray(group["atoms"][...])
+    return state
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+# --------------------------------------------------------------------------- public
+
+
+def fit(
+    source: Any,
+    n_atoms: int | None = None,
+    n_nonzero: int = 10,
+    n_iter: int = 10,
+    *,
+    layer: str | None = None,
+    coder: str = "omp",
+    tol: float = 0.0,
+    update: str = "approx",
+    atom_batch_size: int | None = None,
+    shuffle_atoms: bool = True,
+    replace_atoms: bool = True,
+    init: str | np.ndarray = "data",
+    dtype: str | np.dtype = "float32",
+    random_state: int | np.random.Generator | None = None,
+    client: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+):
+    """Learn a K-SVD dictionary out of core.
+
+    Parameters
+    ----------
+    source : str, path-like, zarr.Array, zarr.Group, dask array or ndarray
+        Data of shape (n_samples, n_features): a path to a Zarr array, a path to an embedding
+        store (see ``layer``), a Zarr array, a dask array chunked along rows, or a NumPy array.
+    n_atoms : int, optional
+        Number of atoms; default ``4 * n_features`` (the seed's overcompleteness).
+    n_nonzero : int, default=10
+        Maximum number of atoms per sample.
+    n_iter : int, default=10
+        Number of K-SVD iterations.
+    layer : str, optional
+        Layer of an embedding store; default ``"final"`` (or the only layer).
+    coder : {"omp", "mp"}, default="omp"
+        Batch-OMP, or matching pursuit with a least-squares refit.
+    tol : float, default=0.0
+        Also stop coding a sample once its relative residual ``|y - xD| / |y|`` is at most
+        ``tol``.
+    update : {"approx", "ksvd"}, default="approx"
+        ``"approx"``: one power step per atom from the iteration's codes, all atoms at once, one
+        pass over the data. ``"ksvd"``: exact leading singular pairs of the restricted residuals
+        (textbook K-SVD); the data must fit in one chunk.
+    atom_batch_size : int, optional
+        For ``update="ksvd"``: atoms updated together from the same state (default: all).
+        ``1`` is the sequential textbook update.
+    shuffle_atoms : bool, default=True
+        For ``update="ksvd"``: visit atoms in a random order each iteration.
+    replace_atoms : bool, default=True
+        Replace unused and near-duplicate atoms by the worst-represented samples.
+    init : {"data", "kmeans++", "random"} or ndarray of shape (n_atoms, n_features)
+        Initial dictionary.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the computation and the atoms.
+    random_state : int, Generator or None
+        Makes the fit reproducible.
+    client : distributed.Client, "local", "threads", "sync" or None
+        Where to compute; None starts a LocalCluster (closed afterwards) except for NumPy input,
+        which is computed in this process.
+    checkpoint : str or path-like, optional
+        Zarr group where the state is saved atomically after every iteration. If it already
+        holds the state of the same fit, the fit resumes after its last finished iteration.
+    progress : bool, default=True
+        Show a progress bar with the error (and the dashboard link of a started cluster).
+
+    Returns
+    -------
+    Dictionary
+        ``atoms`` of shape (n_atoms, n_features) with unit rows, ``history`` (one dict per
+        iteration: relative error, FVU, mean per-sample relative residual, mean L0, dead atoms,
+        replaced atoms, seconds; measured by the iteration's coding step) and ``params``.
+    """
+    from .model import Dictionary
+
+    data, description = as_dask_array(source, layer)
+    n_samples, n_features = data.shape
+    params = validate_params(n_atoms or 4 * n_features, n_nonzero, n_iter, coder, tol, update,
+                             atom_batch_size, shuffle_atoms, replace_atoms, init, dtype,
+                             n_samples, n_features)
+    if params.update == "ksvd" and data.numblocks[0] > 1:
+        raise InvalidInputError(
+            f"update='ksvd' (exact) needs the data in one chunk; it has {data.numblocks[0]}. "
+            "Use update='approx' (one pass per iteration) or data.rechunk({0: -1})."
+        )
+    checkpoint_path = check_writable(checkpoint) if checkpoint is not None else None
+    fingerprint = _fingerprint(data, description)
+    seed = base_seed(random_state)
+    state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    if state is not None:
+        if state["params"] != _jsonable(params.to_dict()) or state["fingerprint"] != _jsonable(
+                fingerprint):
+            raise CheckpointMismatchError(
+                f"The checkpoint {checkpoint_path} belongs to another fit (different data or "
+                "parameters). Remove it or choose another path."
+            )
+        seed = int(state["seed"])
+    in_memory = description["kind"] == "ndarray"
+    with runtime(client, in_memory=in_memory, verbose=progress) as rt:
+        n_rows, n_zero_rows = _validate_data(data, rt)
+        if state is None:
+            atoms = initial_atoms(data, init, params.n_atoms, iteration_rng(seed, 0),
+                                  params.dtype)
+            history: list[dict] = []
+        else:
+            atoms = state["atoms"].astype(params.dtype)
+            history = list(state["history"])
+        bar = _progress_bar(params.n_iter, len(history), progress, rt)
+        try:
+            for iteration in range(len(history) + 1, params.n_iter + 1):
+                atoms, record = _iterate(data, atoms, params, rt, iteration_rng(seed, iteration),
+                                         n_rows, n_zero_rows, n_features)
+                record["iteration"] = iteration
+                history.append(record)
+                if checkpoint_path is not None:
+                    save_checkpoint(checkpoint_path, {
+                        "atoms": atoms, "history": history, "seed": seed,
+                        "params": params.to_dict(), "fingerprint": fingerprint,
+                        "version": __version__})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(rel_err=f"{record['relative_error']:.4f}",
+                                    dead=record["dead_atoms"])
+        finally:
+            if bar is not None:
+                bar.close()
+    return Dictionary(atoms=atoms, params={**params.to_dict(), "random_state": seed},
+                      history=history, fingerprint=fingerprint)
+
+
+def _progress_bar(total, initial, enabled, rt: Runtime):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="K-SVD", unit="iter")
+
+
+def _validate_data(data, rt: Runtime) -> tuple[int, int]:
+    """One pass before any work: NaN/inf rows and unreadable chunks fail here, with names."""
+    offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
+    blocks = data.to_delayed().ravel()
+    parts = [dask.delayed(check_block)(b, int(o)) for b, o in zip(blocks, offsets)]
+    counts = np.sum(rt.compute(*parts), axis=0)
+    return int(counts[0]), int(counts[1])
+
+
+def _iterate(data, atoms, params: FitParams, rt: Runtime, rng, n_rows, n_zero_rows, n_features):
+    """One K-SVD iteration: a single graph over the chunks, then the atom update here."""
+    start = time.perf_counter()
+    dtype = np.dtype(params.dtype)
+    atoms = np.ascontiguousarray(atoms, dtype=dtype)
+    gram = atoms @ atoms.T
+    n_worst = params.n_atoms
+    shared_atoms, shared_gram = rt.share(atoms), rt.share(gram)
+    blocks = data.to_delayed().ravel()
+    if params.update == "ksvd":
+        order = rng.permutation(params.n_atoms) if params.shuffle_atoms else np.arange(
+            params.n_atoms)
+        task = dask.delayed(_exact_ksvd_block, nout=2)(
+            blocks[0], shared_atoms, shared_gram, params.n_nonzero, params.tol, params.coder,
+            n_worst, order, params.atom_batch_size or params.n_atoms)
+        stats, new_atoms = rt.compute(task)[0]
+    else:
+        parts = [dask.delayed(_chunk_statistics)(b, shared_atoms, shared_gram, params.n_nonzero,
+                                                 params.tol, params.coder, n_worst)
+                 for b in blocks]
+        (stats,) = rt.compute(_tree_reduce(parts, n_worst))
+        new_atoms = approx_update(atoms, stats)
+    record = _summary(stats, n_rows, n_zero_rows, n_features)
+    replaced = 0
+    if params.replace_atoms:
+        new_atoms, replaced = replace_atoms(new_atoms, stats)
+    record.update(replaced_atoms=replaced, passes=1, seconds=time.perf_counter() - start)
+    return new_atoms.astype(dtype), record

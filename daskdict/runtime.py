@@ -1,0 +1,116 @@
+"""Where the Dask graphs run: an existing Client, a LocalCluster started on demand, or in process.
+
+Three thread pools meet in daskdict (BLAS, numba, Dask). Each Dask worker runs one task per core
+with single-threaded BLAS (distributed's nanny sets ``OMP_NUM_THREADS=1`` and friends before
+starting a worker) and serial numba kernels; in-process runs limit BLAS to one thread while
+several Dask threads compute. Oversubscribing the cores costs 2-10x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+from threadpoolctl import threadpool_limits
+
+# Names of the schedulers that run in this process, without a cluster.
+IN_PROCESS = ("threads", "sync")
+
+
+def n_cores() -> int:
+    """Cores this process may use (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+class Runtime:
+    """What a fit or encode computes with: a distributed Client, or an in-process scheduler.
+
+    Use :func:`runtime` to make one; it closes any cluster it started.
+    """
+
+    def __init__(self, client: Any = None, scheduler: str | None = None):
+        self.client = client
+        self.scheduler = scheduler
+
+    def share(self, value: Any) -> Any:
+        """Ship a large array to the workers once; the result can be passed to many tasks."""
+        if self.client is not None:
+            return self.client.scatter(value, broadcast=True, hash=False)
+        return dask.delayed(value, pure=False)
+
+    def compute(self, *values: Any) -> tuple:
+        """Compute delayed values (one graph)."""
+        if self.client is not None:
+            return tuple(self.client.gather(self.client.compute(list(values))))
+        if self.scheduler == "threads" and n_cores() > 1:
+            # several Dask threads each run single-threaded BLAS
+            with threadpool_limits(limits=1, user_api="blas"):
+                return dask.compute(*values, scheduler="threads", num_workers=n_cores())
+        return dask.compute(*values, scheduler="sync")
+
+    @property
+    def n_workers(self) -> int:
+        if self.client is not None:
+            return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        return n_cores() if self.scheduler == "threads" else 1
+
+    def describe(self) -> str:
+        if self.client is not None:
+            return f"Dask cluster, {self.n_workers} workers, dashboard {self.client.dashboard_link}"
+        return f"in process ({self.scheduler} scheduler)"
+
+
+@contextlib.contextmanager
+def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True,
+            n_workers: int | None = None, memory_limit: str | int | None = "auto"
+            ) -> Iterator[Runtime]:
+    """Yield the :class:`Runtime` for ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client, "local", "threads", "sync" or None
+        ``None`` chooses: data already in this process's memory (a NumPy array) is computed in
+        process with threads, since sending it to worker processes would only copy it; anything
+        else gets a LocalCluster. ``"local"`` always starts a LocalCluster.
+    in_memory : bool
+        Whether the data is a NumPy array in this process.
+    verbose : bool
+        Print the dashboard link of a started cluster.
+    n_workers, memory_limit
+        For a LocalCluster started here: one single-threaded worker per core by default.
+    """
+    if client is None:
+        client = "threads" if in_memory else "local"
+    if isinstance(client, str):
+        if client in IN_PROCESS:
+            yield Runtime(scheduler=client)
+            return
+        if client != "local":
+            raise ValueError(
+                f"Expected client to be a distributed.Client, 'local', 'threads' or 'sync'. "
+                f"Got {client!r}."
+            )
+        from distributed import Client, LocalCluster
+
+        # Services bind to localhost only; the dashboard takes a free port.
+        cluster = LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=1,
+                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               memory_limit=memory_limit)
+        started = Client(cluster)
+        try:
+            if verbose:
+                print(f"daskdict: LocalCluster with {len(cluster.workers)} workers, dashboard "
+                      f"{started.dashboard_link}", file=sys.stderr)
+            yield Runtime(client=started)
+        finally:
+            started.close()
+            cluster.close()
+        return
+    yield Runtime(client=client)

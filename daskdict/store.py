@@ -1,0 +1,374 @@
+"""Embedding stores: create, open and validate them, and read any supported source as dask.
+
+An embedding store is a Zarr v3 group (DESIGN.md §2)::
+
+    embeddings.zarr/
+      zarr.json            attrs: {"daskdict": {"format": 1, "model": ..., "n_items": N, ...}}
+      layers/<name>        float32 (N, d_layer), chunked by rows
+      items/id             (N,) string or int64
+      items/caption        (N,) string (optional)
+
+:func:`as_dask_array` turns every input that ``fit`` and ``encode`` accept (a path to a Zarr
+array, a path to a store plus ``layer``, a ``zarr.Array``, a dask array, a NumPy array) into a
+row-chunked dask array, checking shape and dtype before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from .errors import CorruptChunkError, InvalidInputError, StoreNotFoundError
+
+FORMAT_VERSION = 1
+DEFAULT_LAYER = "final"
+# about 32 MiB of float32 per chunk: large enough for an efficient GEMM, small enough that a
+# worker holds a few chunks plus their (rows x n_atoms) correlations
+_CHUNK_BYTES = 32 * 2**20
+
+
+def default_chunk_rows(n_features: int, itemsize: int = 4) -> int:
+    """Rows per chunk so that one chunk holds about 32 MiB."""
+    return max(1, _CHUNK_BYTES // max(1, n_features * itemsize))
+
+
+def atomic_replace(tmp: Path, path: Path) -> None:
+    """Move the finished directory ``tmp`` to ``path``; a crash leaves the old or the new one."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden path next to ``path`` (same filesystem, so renames are atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"Cannot write to {path.parent}: the folder is not writable.")
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, naming the path, if an output could not be written there."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"Cannot write the output {str(path)!r}: {probe} is not writable.")
+    return path
+
+
+def create_store(
+    path: str | os.PathLike,
+    layers: Mapping[str, Any],
+    *,
+    ids: Sequence | np.ndarray | None = None,
+    captions: Sequence[str] | np.ndarray | None = None,
+    model: str | None = None,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> EmbeddingStore:
+    """Write an embedding store from in-memory or dask arrays.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Where to write the store (a folder ending in ``.zarr`` by convention).
+    layers : mapping of str to array-like of shape (n_items, n_features_layer)
+        One array per layer, e.g. ``{"final": Y}``; all with the same number of rows.
+    ids : sequence of length n_items, optional
+        Item ids (strings or integers); default ``0 … n_items-1``.
+    captions : sequence of str of length n_items, optional
+    model : str, optional
+        Name of the model that made the embeddings, recorded in the attributes.
+    chunk_rows : int, optional
+        Rows per chunk; by default about 32 MiB per chunk.
+    overwrite : bool, default=False
+        Replace an existing store at ``path``.
+    attrs : mapping, optional
+        Extra attributes stored under ``attrs["daskdict"]``.
+
+    Returns
+    -------
+    EmbeddingStore
+        The store, opened for reading.
+
+    Notes
+    -----
+    The store is written to a temporary folder beside ``path`` and renamed into place, so a
+    crash leaves either the previous store or the new one.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
+    if not layers:
+        raise InvalidInputError("Expected at least one layer. Got an empty mapping.")
+    arrays = {}
+    n_items = None
+    for name, array in layers.items():
+        array = array if isinstance(array, da.Array) else np.asarray(array)
+        _check_matrix(array, f"layer {name!r}")
+        if n_items is not None and array.shape[0] != n_items:
+            raise InvalidInputError(
+                f"Expected every layer to have {n_items} rows. Got {array.shape[0]} for {name!r}."
+            )
+        n_items = array.shape[0]
+        arrays[name] = array
+    tmp = temporary_sibling(path)
+    try:
+        group = zarr.open_group(tmp, mode="w")
+        for name, array in arrays.items():
+            rows = chunk_rows or default_chunk_rows(array.shape[1])
+            target = group.create_array(
+                f"layers/{name}", shape=array.shape, dtype=np.float32,
+                chunks=(min(rows, array.shape[0]), array.shape[1]),
+            )
+            if isinstance(array, da.Array):
+                da.store(array.astype(np.float32).rechunk((target.chunks[0], -1)), target,
+                         lock=False)
+            else:
+                target[...] = array.astype(np.float32, copy=False)
+        item_ids = np.arange(n_items, dtype=np.int64) if ids is None else np.asarray(ids)
+        if item_ids.shape != (n_items,):
+            raise InvalidInputError(f"Expected {n_items} ids. Got shape {item_ids.shape}.")
+        _write_vector(group, "items/id", item_ids)
+        if captions is not None:
+            caption_array = np.asarray(captions, dtype=str)
+            if caption_array.shape != (n_items,):
+                raise InvalidInputError(
+                    f"Expected {n_items} captions. Got shape {caption_array.shape}."
+                )
+            _write_vector(group, "items/caption", caption_array)
+        meta = {"format": FORMAT_VERSION, "model": model, "n_items": int(n_items),
+                "layers": sorted(arrays), **dict(attrs or {})}
+        group.attrs["daskdict"] = meta
+        atomic_replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return open_store(path)
+
+
+def _write_vector(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    dtype = str if values.dtype.kind in "UOT" else values.dtype
+    target = group.create_array(name, shape=values.shape, dtype=dtype,
+                                chunks=(min(max(1, len(values)), 65536),))
+    target[...] = values
+
+
+@dataclass(frozen=True)
+class EmbeddingStore:
+    """An opened embedding store (read-only view).
+
+    Attributes
+    ----------
+    path : Path
+    group : zarr.Group
+    """
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs.get("daskdict", {}))
+
+    @property
+    def layer_names(self) -> list[str]:
+        if "layers" not in self.group:
+            return []
+        return sorted(self.group["layers"].array_keys())
+
+    @property
+    def n_items(self) -> int:
+        return int(self.attrs.get("n_items", self.layer_array(self.layer_names[0]).shape[0]))
+
+    def layer_array(self, name: str | None = None) -> zarr.Array:
+        """The Zarr array of one layer (``"final"`` by default, or the only layer)."""
+        names = self.layer_names
+        if not names:
+            raise InvalidInputError(f"The store {self.path} holds no layers (empty store).")
+        if name is None:
+            if DEFAULT_LAYER in names:
+                name = DEFAULT_LAYER
+            elif len(names) == 1:
+                name = names[0]
+            else:
+                raise InvalidInputError(
+                    f"The store {self.path} holds several layers {names}; pass layer=NAME."
+                )
+        if name not in names:
+            raise StoreNotFoundError(
+                f"The store {self.path} has no layer {name!r}. Available layers: {names}."
+            )
+        return self.group[f"layers/{name}"]
+
+    def layer(self, name: str | None = None) -> da.Array:
+        """One layer as a row-chunked dask array of shape (n_items, n_features)."""
+        return zarr_to_dask(self.layer_array(name))
+
+    def _item_vector(self, name: str) -> np.ndarray | None:
+        key = f"items/{name}"
+        return np.asarray(self.group[key][...]) if key in self.group else None
+
+    @property
+    def ids(self) -> np.ndarray | None:
+        return self._item_vector("id")
+
+    @property
+    def captions(self) -> np.ndarray | None:
+        return self._item_vector("caption")
+
+    def info(self) -> dict:
+        """A JSON-ready summary: attributes, layers with shapes, dtypes and chunks, items."""
+        layers = {}
+        for name in self.layer_names:
+            array = self.group[f"layers/{name}"]
+            layers[name] = {"shape": list(array.shape), "dtype": str(array.dtype),
+                            "chunks": list(array.chunks)}
+        return {"kind": "embedding store", "path": str(self.path), "attrs": self.attrs,
+                "layers": layers, "has_captions": "items/caption" in self.group}
+
+
+def open_store(path: str | os.PathLike) -> EmbeddingStore:
+    """Open an embedding store for reading.
+
+    Raises
+    ------
+    StoreNotFoundError
+        If ``path`` does not exist or is not a Zarr group.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreNotFoundError(f"No store at {str(path)!r}: the path does not exist.")
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for "not zarr"
+        raise StoreNotFoundError(f"{str(path)!r} is not a Zarr store: {exc}") from exc
+    if not isinstance(node, zarr.Group):
+        raise InvalidInputError(
+            f"{str(path)!r} is a bare Zarr array, not an embedding store (a group)."
+        )
+    return EmbeddingStore(path=path, group=node)
+
+
+class _CheckedZarrRows:
+    """Array-like over a zarr.Array whose reads name the chunk when decoding fails."""
+
+    def __init__(self, array: zarr.Array, label: str):
+        self.array = array
+        self.label = label
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except Exception as exc:
+            rows = key[0] if isinstance(key, tuple) else key
+            raise CorruptChunkError(
+                f"Could not read rows {rows} of {self.label}: {type(exc).__name__}: {exc}. "
+                "The chunk file is damaged or was only partly written; rewrite the store."
+            ) from exc
+
+
+def zarr_to_dask(array: zarr.Array) -> da.Array:
+    """A dask array with one block per row-chunk of ``array`` and all features in each block."""
+    label = f"Zarr array {array.store_path}"
+    rows = array.chunks[0]
+    return da.from_array(_CheckedZarrRows(array, label), chunks=(rows, array.shape[1]),
+                         asarray=True, lock=False, name=f"daskdict-read-{uuid.uuid4().hex}",
+                         meta=np.empty((0, 0), dtype=array.dtype))
+
+
+def _check_matrix(array, what: str) -> None:
+    if array.ndim != 2:
+        raise InvalidInputError(
+            f"Expected {what} to be 2-D (n_samples, n_features). Got shape {array.shape}."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InvalidInputError(f"Expected a non-empty {what}. Got shape {array.shape}.")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidInputError(
+            f"Expected {what} to hold floating-point numbers. Got dtype {array.dtype}; "
+            "cast it with .astype('float32')."
+        )
+
+
+def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict]:
+    """Turn any supported source into a row-chunked dask array.
+
+    Parameters
+    ----------
+    source : str, path-like, zarr.Array, zarr.Group, dask.array.Array or ndarray
+        A path to a Zarr array, a path to an embedding store (with ``layer``), a Zarr array or
+        group, a dask array or a NumPy array of shape (n_samples, n_features).
+    layer : str, optional
+        The layer to read from a store; default ``"final"`` or the store's only layer.
+
+    Returns
+    -------
+    array : dask.array.Array of shape (n_samples, n_features)
+        One block spans all features.
+    description : dict
+        ``kind``, ``path`` and ``layer`` of the source (JSON-ready), for fingerprints.
+    """
+    description: dict[str, Any] = {"kind": type(source).__name__, "path": None, "layer": layer}
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise StoreNotFoundError(f"No data at {str(path)!r}: the path does not exist.")
+        try:
+            node = zarr.open(path, mode="r")
+        except Exception as exc:
+            raise StoreNotFoundError(f"{str(path)!r} is not a Zarr array or store: {exc}") from exc
+        description.update(kind="zarr", path=str(path.resolve()))
+        source = node
+    if isinstance(source, zarr.Group):
+        store = EmbeddingStore(path=Path(str(source.store_path)), group=source)
+        array = store.layer_array(layer)
+        description.update(layer=array.basename)
+        source = array
+    elif layer is not None and not isinstance(source, zarr.Array):
+        raise InvalidInputError(f"layer={layer!r} applies to an embedding store only.")
+    if isinstance(source, zarr.Array):
+        _check_matrix(source, f"the Zarr array {source.store_path}")
+        return zarr_to_dask(source), description
+    if isinstance(source, da.Array):
+        _check_matrix(source, "the dask array")
+        if source.numblocks[1] != 1:
+            raise InvalidInputError(
+                f"Expected the dask array to be chunked along rows only. Got {source.numblocks[1]} "
+                "blocks along features; call .rechunk({1: -1}) first."
+            )
+        return source, description
+    if isinstance(source, np.ndarray) or hasattr(source, "__array__"):
+        array = np.asarray(source)
+        if array.ndim == 1:
+            raise InvalidInputError(
+                f"Expected 2-D data (n_samples, n_features). Got a 1-D array of shape "
+                f"{array.shape}; use array.reshape(1, -1) for a single sample."
+            )
+        _check_matrix(array, "the array")
+        description["kind"] = "ndarray"
+        rows = default_chunk_rows(array.shape[1], array.dtype.itemsize)
+        return da.from_array(array, chunks=(rows, -1)), description
+    raise InvalidInputError(
+        "Expected a path, zarr.Array, zarr.Group, dask array or NumPy array. "
+        f"Got {type(source).__name__}."
+    )
