@@ -1,0 +1,91 @@
+"""Helpers shared by the benchmark scripts (tables, JSON results, environment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded with every result."""
+    import dask
+    import distributed
+    import numba
+    import numpy as np
+    import zarr
+
+    import daskdict
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores = os.cpu_count()
+    return {
+        "daskdict": daskdict.__version__, "numpy": np.__version__, "dask": dask.__version__,
+        "distributed": distributed.__version__, "zarr": zarr.__version__,
+        "numba": numba.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "cores": cores,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Write benchmarks/results/NAME.json and return its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "environment": environment(), **payload}
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(f"\nresults written to {path}")
+    return path
+
+
+def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
+    """A plain-text table (right-aligned numbers), printed and returned."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000 or abs(value) < 1e-3:
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"

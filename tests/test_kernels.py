@@ -1,0 +1,99 @@
+import warnings
+
+import numpy as np
+import pytest
+from conftest import dense_codes, unit_rows
+from sklearn.linear_model import orthogonal_mp_gram
+
+from daskdict import _kernels
+
+
+def _problem(rng, n=200, d=32, k_atoms=96, dtype=np.float64):
+    atoms = unit_rows(rng.standard_normal((k_atoms, d))).astype(dtype)
+    y = rng.standard_normal((n, d)).astype(dtype)
+    return y, atoms, atoms @ atoms.T, y @ atoms.T, np.einsum("ij,ij->i", y, y)
+
+
+@pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+@pytest.mark.parametrize("n_nonzero", [1, 3, 8])
+def test_batch_omp_matches_sklearn(rng, dtype, atol, n_nonzero):
+    y, atoms, gram, corr, sq = _problem(rng, dtype=dtype)
+    indices, values = _kernels.batch_omp(corr, gram, sq, n_nonzero, 0.0)
+    assert indices.dtype == np.int32 and values.dtype == dtype
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = orthogonal_mp_gram(gram.astype(np.float64), corr.T.astype(np.float64),
+                                      n_nonzero_coefs=n_nonzero).T
+    np.testing.assert_allclose(dense_codes(indices, values, atoms.shape[0]), expected, atol=atol)
+
+
+def test_batch_omp_tolerance_stops_early(rng):
+    y, atoms, gram, corr, sq = _problem(rng, d=16, k_atoms=64)
+    indices, values = _kernels.batch_omp(corr, gram, sq, 16, 0.3)
+    x = dense_codes(indices, values, atoms.shape[0])
+    rel = np.linalg.norm(y - x @ atoms, axis=1) / np.linalg.norm(y, axis=1)
+    n_used = (indices >= 0).sum(axis=1)
+    assert np.all(rel <= 0.3 + 1e-9)
+    assert n_used.mean() < 16  # the tolerance, not the budget, ended most rows
+    # one atom fewer would not have reached the tolerance
+    short = _kernels.batch_omp(corr, gram, sq, 16, 0.0)
+    assert np.all(n_used <= (short[0] >= 0).sum(axis=1))
+
+
+@pytest.mark.parametrize("coder", ["omp", "mp"])
+def test_zero_rows_get_empty_codes(rng, coder):
+    y, atoms, gram, corr, sq = _problem(rng)
+    y[[0, 5]] = 0.0
+    corr, sq = y @ atoms.T, np.einsum("ij,ij->i", y, y)
+    indices, values = _kernels.CODERS[coder](corr, gram, sq, 5, 0.0)
+    assert np.all(indices[[0, 5]] == -1)
+    assert np.all(values[[0, 5]] == 0.0)
+    assert np.isfinite(values).all()
+
+
+def test_mp_refit_is_least_squares_on_its_support(rng):
+    y, atoms, gram, corr, sq = _problem(rng)
+    indices, values = _kernels.matching_pursuit(corr, gram, sq, 6, 0.0)
+    for i in range(20):
+        support = indices[i][indices[i] >= 0]
+        assert len(set(support)) == len(support) <= 6
+        coef, *_ = np.linalg.lstsq(atoms[support].T, y[i], rcond=None)
+        np.testing.assert_allclose(values[i][: len(support)], coef, atol=1e-8)
+
+
+def test_omp_recovers_exact_sparse_codes(rng):
+    atoms = unit_rows(rng.standard_normal((80, 40)))
+    truth = np.zeros((50, 80))
+    for row in truth:
+        row[rng.choice(80, 4, replace=False)] = rng.standard_normal(4) + 2 * np.sign(
+            rng.standard_normal(4))
+    y = truth @ atoms
+    indices, values = _kernels.batch_omp(y @ atoms.T, atoms @ atoms.T,
+                                         np.einsum("ij,ij->i", y, y), 4, 0.0)
+    np.testing.assert_allclose(dense_codes(indices, values, 80), truth, atol=1e-8)
+
+
+def test_residual_statistics_against_numpy(rng):
+    y, atoms, gram, corr, sq = _problem(rng)
+    indices, values = _kernels.batch_omp(corr, gram, sq, 5, 0.0)
+    x = dense_codes(indices, values, atoms.shape[0])
+    residual = y - x @ atoms
+    restricted, coef_sq, usage, sums, row_sum, worst_err, worst_rows = (
+        _kernels.residual_statistics(y, atoms, indices, values, 7))
+    np.testing.assert_allclose(restricted, x.T @ residual, atol=1e-10)
+    np.testing.assert_allclose(coef_sq, (x**2).sum(0))
+    np.testing.assert_array_equal(usage, (x != 0).sum(0))
+    errors = (residual**2).sum(1)
+    np.testing.assert_allclose(sums[:2], [errors.sum(), (y**2).sum()])
+    np.testing.assert_allclose(sums[2], np.mean(np.sqrt(errors / sq)) * len(y))
+    np.testing.assert_allclose(row_sum, y.sum(0))
+    order = np.argsort(-errors)[:7]
+    np.testing.assert_allclose(worst_err, errors[order])
+    np.testing.assert_array_equal(worst_rows, y[order])
+
+
+def test_codes_times_atoms(rng):
+    y, atoms, gram, corr, sq = _problem(rng)
+    indices, values = _kernels.batch_omp(corr, gram, sq, 5, 0.0)
+    np.testing.assert_allclose(_kernels.codes_times_atoms(indices, values, atoms),
+                               dense_codes(indices, values, atoms.shape[0]) @ atoms, atol=1e-12)

@@ -1,0 +1,172 @@
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import dense_codes, unit_rows
+from sklearn.linear_model import orthogonal_mp_gram
+
+import daskdict
+from daskdict.datasets import make_planted
+from daskdict.evaluate import recovered_fraction
+
+
+def _textbook_ksvd_iteration(y, atoms, n_nonzero):
+    """One K-SVD iteration as in Aharon et al. 2006: OMP codes (scikit-learn), then for each
+    atom in order the full SVD of its restricted residual, updating atom and coefficients."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x = orthogonal_mp_gram(atoms @ atoms.T, atoms @ y.T, n_nonzero_coefs=n_nonzero).T
+    atoms = atoms.copy()
+    for j in range(atoms.shape[0]):
+        users = np.flatnonzero(x[:, j])
+        if users.size == 0:
+            continue
+        e = y[users] - x[users] @ atoms + np.outer(x[users, j], atoms[j])
+        u, s, vt = np.linalg.svd(e, full_matrices=False)
+        sign = -1.0 if vt[0] @ atoms[j] < 0 else 1.0
+        atoms[j] = sign * vt[0]
+        x[users, j] = sign * s[0] * u[:, 0]
+    return atoms
+
+
+@pytest.mark.parametrize("n_nonzero", [2, 4])
+def test_one_iteration_equals_textbook_ksvd(rng, n_nonzero):
+    planted = make_planted(600, 16, 40, n_nonzero, 25.0, random_state=1)
+    init = unit_rows(rng.standard_normal((40, 16)))
+    model = daskdict.fit(planted.data, 40, n_nonzero, 1, update="ksvd", atom_batch_size=1,
+                         shuffle_atoms=False, replace_atoms=False, init=init, dtype="float64",
+                         progress=False)
+    expected = _textbook_ksvd_iteration(planted.data, init, n_nonzero)
+    np.testing.assert_allclose(model.atoms, expected, atol=1e-10)
+
+
+def test_approx_update_is_one_power_step(rng):
+    """Every atom moves to E_w^T x_w (normalised), from the iteration's start state."""
+    planted = make_planted(500, 12, 30, 3, 20.0, random_state=2)
+    y = planted.data
+    init = unit_rows(rng.standard_normal((30, 12)))
+    model = daskdict.fit(y, 30, 3, 1, replace_atoms=False, init=init, dtype="float64",
+                         progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x = orthogonal_mp_gram(init @ init.T, init @ y.T, n_nonzero_coefs=3).T
+    expected = init.copy()
+    for j in range(30):
+        users = np.flatnonzero(x[:, j])
+        if users.size:
+            e = y[users] - x[users] @ init + np.outer(x[users, j], init[j])
+            g = e.T @ x[users, j]
+            expected[j] = g / np.linalg.norm(g)
+    np.testing.assert_allclose(model.atoms, expected, atol=1e-10)
+
+
+def test_result_does_not_depend_on_chunking():
+    planted = make_planted(3000, 16, 32, 3, 20.0, random_state=3)
+    kwargs = dict(n_atoms=32, n_nonzero=3, n_iter=5, dtype="float64", random_state=7,
+                  progress=False, client="sync")
+    one = daskdict.fit(da.from_array(planted.data, chunks=(3000, 16)), **kwargs)
+    many = daskdict.fit(da.from_array(planted.data, chunks=(700, 16)), **kwargs)
+    np.testing.assert_allclose(one.atoms, many.atoms, atol=1e-8)
+    assert [h["dead_atoms"] for h in one.history] == [h["dead_atoms"] for h in many.history]
+
+
+def test_reproducible_with_random_state_and_different_without():
+    planted = make_planted(1500, 20, 50, 3, 20.0, random_state=4)
+    a = daskdict.fit(planted.data, 50, 3, 3, random_state=11, progress=False)
+    b = daskdict.fit(planted.data, 50, 3, 3, random_state=11, progress=False)
+    c = daskdict.fit(planted.data, 50, 3, 3, random_state=12, progress=False)
+    np.testing.assert_array_equal(a.atoms, b.atoms)
+    assert not np.allclose(a.atoms, c.atoms)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_and_unit_atoms(dtype):
+    planted = make_planted(800, 10, 20, 2, 30.0, random_state=5)
+    model = daskdict.fit(planted.data, 20, 2, 4, dtype=dtype, random_state=0, progress=False)
+    assert model.atoms.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(np.linalg.norm(model.atoms, axis=1), 1.0, atol=1e-5)
+
+
+def test_history_records_every_iteration():
+    planted = make_planted(1500, 20, 50, 3, 20.0, random_state=6)
+    model = daskdict.fit(planted.data, 50, 3, 15, random_state=0, progress=False)
+    assert [h["iteration"] for h in model.history] == list(range(1, 16))
+    errors = [h["relative_error"] for h in model.history]
+    assert errors[-1] < 0.6 * errors[0]
+    for record in model.history:
+        assert 0 <= record["fvu"] <= 1.5 and record["seconds"] > 0
+        assert record["mean_l0"] <= 3 and record["passes"] == 1
+        assert 0 <= record["mean_relative_residual"] <= 1
+
+
+def test_history_error_matches_a_direct_computation():
+    planted = make_planted(1000, 12, 24, 3, 20.0, random_state=8)
+    model = daskdict.fit(planted.data, 24, 3, 2, replace_atoms=False, dtype="float64",
+                         random_state=0, progress=False)
+    # iteration 2's coding step uses the atoms after iteration 1
+    first = daskdict.fit(planted.data, 24, 3, 1, replace_atoms=False, dtype="float64",
+                         random_state=0, progress=False)
+    codes = first.encode(planted.data)
+    y, recon = planted.data, first.reconstruct(codes)
+    rel = np.linalg.norm(y - recon) / np.linalg.norm(y)
+    fvu = ((y - recon) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    assert model.history[1]["relative_error"] == pytest.approx(rel, rel=1e-9)
+    assert model.history[1]["fvu"] == pytest.approx(fvu, rel=1e-9)
+
+
+def test_unused_and_duplicate_atoms_are_replaced(rng):
+    planted = make_planted(1000, 12, 20, 2, 30.0, random_state=9)
+    init = unit_rows(rng.standard_normal((20, 12)))
+    init[1] = init[0]  # a duplicate
+    init[2] = unit_rows(np.ones((1, 12)))[0] * 1e-3 + init[0]  # nearly the same again
+    init = unit_rows(init)
+    model = daskdict.fit(planted.data, 20, 2, 1, init=init, random_state=0, progress=False,
+                         update="approx")
+    gram = np.abs(model.atoms @ model.atoms.T)
+    np.fill_diagonal(gram, 0)
+    assert gram.max() <= 0.99
+    assert model.history[0]["replaced_atoms"] >= 1
+
+
+@pytest.mark.parametrize("init", ["data", "kmeans++", "random"])
+@pytest.mark.parametrize("coder", ["omp", "mp"])
+def test_planted_recovery(init, coder):
+    planted = make_planted(1500, 20, 50, 3, 30.0, random_state=10)
+    model = daskdict.fit(planted.data, 50, 3, 60, init=init, coder=coder, random_state=1,
+                         progress=False)
+    assert recovered_fraction(planted.atoms, model.atoms) >= 0.8
+
+
+def test_fit_on_store_with_local_cluster(tmp_path):
+    planted = make_planted(4000, 16, 32, 3, 25.0, random_state=11)
+    path = tmp_path / "emb.zarr"
+    daskdict.create_store(path, {"final": planted.data, "hidden_01": planted.data[:, :8]},
+                          chunk_rows=1000)
+    model = daskdict.fit(path, n_atoms=32, n_nonzero=3, n_iter=25, random_state=0,
+                         progress=False)
+    assert model.fingerprint["layer"] == "final"
+    assert model.fingerprint["shape"] == [4000, 16]
+    assert recovered_fraction(planted.atoms, model.atoms) >= 0.8
+    hidden = daskdict.fit(path, layer="hidden_01", n_atoms=16, n_nonzero=2, n_iter=2,
+                          client="threads", progress=False)
+    assert hidden.atoms.shape == (16, 8)
+
+
+def test_default_number_of_atoms_is_four_times_d():
+    planted = make_planted(400, 6, 12, 2, 30.0, random_state=12)
+    model = daskdict.fit(planted.data, n_nonzero=2, n_iter=1, progress=False)
+    assert model.atoms.shape == (24, 6)
+
+
+def test_fit_uses_an_existing_client(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    planted = make_planted(2000, 8, 16, 2, 25.0, random_state=13)
+    with distributed.Client(n_workers=1, threads_per_worker=1, processes=False,
+                            dashboard_address=None) as client:
+        model = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
+                             client=client, random_state=0, progress=False)
+        assert not client.status == "closed"
+    reference = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
+                             client="sync", random_state=0, progress=False)
+    np.testing.assert_allclose(model.atoms, reference.atoms, atol=1e-6)
