@@ -52,7 +52,7 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
     if y_sqnorm <= tol_sq or y_sqnorm == 0.0:
         return 0
     residual_sq = y_sqnorm
-    for step in range(n_nonzero):
+    for _ in range(n_nonzero):
         # argmax |alpha| in two vectorisable sweeps; chosen atoms have alpha set to 0
         best_val = _abs_max(alpha)
         if best_val <= 0.0:
@@ -171,7 +171,7 @@ def matching_pursuit(corr, gram, y_sqnorms, n_nonzero, tol):
         residual_sq = y_sqnorms[i]
         tol_sq = tol * tol * y_sqnorms[i]
         n_sel = 0
-        for step in range(n_nonzero):
+        for _ in range(n_nonzero):
             if residual_sq <= tol_sq:
                 break
             best = 0
@@ -299,7 +299,10 @@ def residual_statistics(y, atoms, indices, values, n_worst):
 
 @numba.njit(cache=True, nogil=True)
 def codes_times_atoms(indices, values, atoms):
-    """Reconstruction ``X D`` of a block from its fixed-width codes, shape (n_samples, n_features)."""
+    """Reconstruction ``X D`` of a block from its fixed-width codes.
+
+    Returns an array of shape (n_samples, n_features).
+    """
     n_samples, n_nonzero = indices.shape
     out = np.zeros((n_samples, atoms.shape[1]), dtype=atoms.dtype)
     for i in range(n_samples):

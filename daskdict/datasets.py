@@ -105,9 +105,10 @@ def write_planted_store(path: str | os.PathLike, n_samples: int, n_features: int
     # the noise level is fixed from the expected signal power, so every block has the same SNR
     noise_scale = np.sqrt(n_nonzero / n_features) / 10 ** (snr_db / 20)
     blocks = [dask.delayed(_planted_block)(atoms, size, n_nonzero, noise_scale, snr_db, seed,
-                                           np.float32) for size, seed in zip(sizes, seeds)]
+                                           np.float32)
+              for size, seed in zip(sizes, seeds, strict=True)]
     data = da.concatenate([da.from_delayed(b[0], (size, n_features), np.float32)
-                           for b, size in zip(blocks, sizes)])
+                           for b, size in zip(blocks, sizes, strict=True)])
     caption_list = None
     if captions:
         indices = np.concatenate([b[1] for b in dask.compute(*blocks, scheduler=scheduler)])

@@ -47,7 +47,7 @@ def support_scores(true_indices, learned_indices, match) -> tuple[float, float]:
     inverse[match[match >= 0]] = np.flatnonzero(match >= 0)
     mapped = np.where(learned_indices >= 0, inverse[np.maximum(learned_indices, 0)], -2)
     hits = sum(len(np.intersect1d(t[t >= 0], m[m >= 0]))
-               for t, m in zip(true_indices, mapped))
+               for t, m in zip(true_indices, mapped, strict=True))
     n_learned = int((learned_indices >= 0).sum())
     n_true = int((true_indices >= 0).sum())
     return hits / max(n_learned, 1), hits / max(n_true, 1)

@@ -119,7 +119,8 @@ def base_seed(random_state) -> int:
         return int(random_state.integers(2**63))
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(2**31))
-    raise InvalidInputError(f"Expected random_state None, an int or a Generator. Got {random_state!r}.")
+    raise InvalidInputError(
+        f"Expected random_state None, an int or a Generator. Got {random_state!r}.")
 
 
 def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
@@ -158,7 +159,8 @@ def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst):
     y = _as_block(y, atoms.dtype)
     indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
     names = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
-    return dict(zip(names, _kernels.residual_statistics(y, atoms, indices, values, n_worst)))
+    stats = _kernels.residual_statistics(y, atoms, indices, values, n_worst)
+    return dict(zip(names, stats, strict=True))
 
 
 def _merge_statistics(parts, n_worst):
@@ -183,7 +185,8 @@ def _exact_ksvd_block(y, atoms, gram, n_nonzero, tol, coder, n_worst, order, bat
     y = _as_block(y, atoms.dtype)
     indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
     names = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
-    stats = dict(zip(names, _kernels.residual_statistics(y, atoms, indices, values, n_worst)))
+    stats = _kernels.residual_statistics(y, atoms, indices, values, n_worst)
+    stats = dict(zip(names, stats, strict=True))
     new_atoms = ksvd_update(y, atoms, indices, values, order, batch_size)
     return stats, new_atoms
 
@@ -266,7 +269,7 @@ def replace_atoms(atoms: np.ndarray, stats: dict) -> tuple[np.ndarray, int]:
     Returns the atoms and how many were replaced.
     """
     atoms = atoms.copy()
-    candidates = [row for err, row in zip(stats["worst_err"], stats["worst_rows"]) if err > 0]
+    candidates = stats["worst_rows"][stats["worst_err"] > 0]
     gram = np.abs(atoms @ atoms.T)
     np.fill_diagonal(gram, 0.0)
     replaced = 0
@@ -528,7 +531,7 @@ def _validate_data(data, rt: Runtime) -> tuple[int, int]:
     """One pass before any work: NaN/inf rows and unreadable chunks fail here, with names."""
     offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
     blocks = data.to_delayed().ravel()
-    parts = [dask.delayed(check_block)(b, int(o)) for b, o in zip(blocks, offsets)]
+    parts = [dask.delayed(check_block)(b, int(o)) for b, o in zip(blocks, offsets, strict=True)]
     counts = np.sum(rt.compute(*parts), axis=0)
     return int(counts[0]), int(counts[1])
 

@@ -216,7 +216,8 @@ class Dictionary:
             shared_atoms, shared_gram = rt.share(atoms), rt.share(atoms @ atoms.T)
             offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
             index_parts, value_parts = [], []
-            for block, offset, rows in zip(data.to_delayed().ravel(), offsets, data.chunks[0]):
+            blocks = data.to_delayed().ravel()
+            for block, offset, rows in zip(blocks, offsets, data.chunks[0], strict=True):
                 task = dask.delayed(_encode_block, nout=2)(
                     block, int(offset), shared_atoms, shared_gram, n_nonzero, tol, coder)
                 index_parts.append(da.from_delayed(task[0], (rows, n_nonzero), np.int32))

@@ -51,7 +51,7 @@ def test_demo_recovers_planted_atoms(tmp_path):
          "--features", "32", "--atoms", "48", "--nonzero", "3", "--iters", "20", "--quiet"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    line = [s for s in proc.stdout.splitlines() if s.startswith("recovered")][0]
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("recovered"))
     recovered = int(line.split()[1])
     assert recovered >= 0.9 * 48
     assert (tmp_path / "dictionary.zarr").exists()

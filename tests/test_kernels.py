@@ -17,7 +17,7 @@ def _problem(rng, n=200, d=32, k_atoms=96, dtype=np.float64):
 @pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-10), (np.float32, 1e-4)])
 @pytest.mark.parametrize("n_nonzero", [1, 3, 8])
 def test_batch_omp_matches_sklearn(rng, dtype, atol, n_nonzero):
-    y, atoms, gram, corr, sq = _problem(rng, dtype=dtype)
+    _, atoms, gram, corr, sq = _problem(rng, dtype=dtype)
     indices, values = _kernels.batch_omp(corr, gram, sq, n_nonzero, 0.0)
     assert indices.dtype == np.int32 and values.dtype == dtype
     with warnings.catch_warnings():
@@ -93,7 +93,7 @@ def test_residual_statistics_against_numpy(rng):
 
 
 def test_codes_times_atoms(rng):
-    y, atoms, gram, corr, sq = _problem(rng)
+    _, atoms, gram, corr, sq = _problem(rng)
     indices, values = _kernels.batch_omp(corr, gram, sq, 5, 0.0)
     np.testing.assert_allclose(_kernels.codes_times_atoms(indices, values, atoms),
                                dense_codes(indices, values, atoms.shape[0]) @ atoms, atol=1e-12)

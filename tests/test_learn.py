@@ -3,7 +3,7 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import dense_codes, unit_rows
+from conftest import unit_rows
 from sklearn.linear_model import orthogonal_mp_gram
 
 import daskdict

@@ -61,7 +61,7 @@ def test_store_with_several_layers_needs_a_layer_unless_final(tmp_path, rng):
                                                 "hidden_01": rng.standard_normal((20, 3))})
     with pytest.raises(daskdict.InvalidInputError, match="several layers"):
         as_dask_array(tmp_path / "m.zarr")
-    array, description = as_dask_array(tmp_path / "m.zarr", layer="hidden_01")
+    _, description = as_dask_array(tmp_path / "m.zarr", layer="hidden_01")
     assert description["layer"] == "hidden_01"
 
 
