@@ -496,7 +496,7 @@ def fit(
         else:
             atoms = state["atoms"].astype(params.dtype)
             history = list(state["history"])
-        bar = _progress_bar(params.n_iter, len(history), progress, rt)
+        bar = _progress_bar(params.n_iter, len(history), progress)
         try:
             for iteration in range(len(history) + 1, params.n_iter + 1):
                 atoms, record = _iterate(data, atoms, params, rt, iteration_rng(seed, iteration),
@@ -519,11 +519,16 @@ def fit(
                       history=history, fingerprint=fingerprint)
 
 
-def _progress_bar(total, initial, enabled, rt: Runtime):
+def _progress_bar(total, initial, enabled):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    import importlib.util
 
+    # tqdm.auto warns inside Jupyter when ipywidgets is missing; the text bar works everywhere
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
     return tqdm(total=total, initial=initial, desc="K-SVD", unit="iter")
 
 
