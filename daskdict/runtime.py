@@ -113,4 +113,6 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
             started.close()
             cluster.close()
         return
+    if verbose:
+        print(f"daskdict: using {client.dashboard_link}", file=sys.stderr)
     yield Runtime(client=client)
