@@ -164,8 +164,9 @@ def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst):
 
 
 def _merge_statistics(parts, n_worst):
-    out = {key: sum(p[key] for p in parts) for key in
-           ("restricted", "coef_sq", "usage", "sums", "row_sum")}
+    out = {key: np.sum([p[key] for p in parts], axis=0, dtype=np.float64)
+           for key in ("restricted", "coef_sq", "sums", "row_sum")}
+    out["usage"] = np.sum([p["usage"] for p in parts], axis=0)
     err = np.concatenate([p["worst_err"] for p in parts])
     rows = np.concatenate([p["worst_rows"] for p in parts])
     keep = np.argsort(-err, kind="stable")[:n_worst]
