@@ -31,7 +31,7 @@ def environment() -> dict:
         "distributed": distributed.__version__, "zarr": zarr.__version__,
         "numba": numba.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cores": cores,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg": list(os.getloadavg()),
     }
 
 
@@ -53,9 +53,9 @@ def table(headers: list[str], rows: list[list], title: str | None = None) -> str
     lines = []
     if title:
         lines.append(title)
-    lines.append("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    lines.append("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+    lines.extend("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -89,3 +89,27 @@ def timed(fn, repeats: int, warmup: int = 1) -> list[float]:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def busy_percent(seconds: float = 2.0) -> float:
+    """System-wide CPU use (%) over ``seconds`` (other processes share this machine)."""
+    import psutil
+
+    return float(psutil.cpu_percent(interval=seconds))
+
+
+def wait_until_idle(threshold: float = 15.0, max_wait: float = 120.0) -> float:
+    """Wait (up to ``max_wait`` s) until the machine's CPU use is below ``threshold`` %.
+
+    Returns the last reading; prints a warning when the machine stayed busy, since other
+    processes on the same cores distort every timing.
+    """
+    start = time.perf_counter()
+    busy = busy_percent()
+    while busy > threshold and time.perf_counter() - start < max_wait:
+        print(f"machine busy ({busy:.0f} % CPU by other processes); waiting ...", flush=True)
+        busy = busy_percent(5.0)
+    if busy > threshold:
+        print(f"WARNING: the machine is busy ({busy:.0f} % CPU); timings are unreliable",
+              flush=True)
+    return busy

@@ -18,7 +18,6 @@ import argparse
 import time
 
 import numpy as np
-
 from _common import table, verdict, write_json
 
 BARS = {10.0: 0.87, 20.0: 0.93, 30.0: 0.93}

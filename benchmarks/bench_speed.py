@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from _common import median, table, timed, verdict, write_json
+from _common import median, table, timed, verdict, wait_until_idle, write_json
 
 BAR = 2.0
 
@@ -61,11 +60,56 @@ def bare_product(y, atoms, repeats):
     alloc = timed(lambda: y @ atoms_t, repeats)
     out = np.empty((y.shape[0], atoms.shape[0]), dtype=np.float32)
     prealloc = timed(lambda: np.matmul(y, atoms_t, out=out), repeats)
-    del out
+    out = None  # free the 1.2 GB product before the fit
     return {"seconds": alloc, "median": median(alloc),
             "preallocated_seconds": prealloc, "preallocated_median": median(prealloc),
             "blas_threads": blas_threads,
             "gflops": 2 * y.shape[0] * y.shape[1] * atoms.shape[0] / median(alloc) / 1e9}
+
+
+def combine_bare(before, after, y, atoms):
+    alloc = before["seconds"] + after["seconds"]
+    pre = before["preallocated_seconds"] + after["preallocated_seconds"]
+    return {"seconds": alloc, "median": median(alloc), "preallocated_seconds": pre,
+            "preallocated_median": median(pre), "blas_threads": before["blas_threads"],
+            "median_before_fit": before["median"], "median_after_fit": after["median"],
+            "gflops": 2 * y.shape[0] * y.shape[1] * atoms.shape[0] / median(alloc) / 1e9}
+
+
+def task_stream_split(records, history):
+    """Worker time per task kind, measured inside the workers during the fit's iterations 2..R.
+
+    The iterations are told apart by the driver's clock: iteration i spans the sum of the
+    seconds of iterations 1..i counted back from the fit's last task.
+    """
+    from dask.utils import key_split
+
+    if not records or len(history) < 2:
+        return None
+    tasks = []
+    for rec in records:
+        for ss in rec.get("startstops", []):
+            tasks.append((key_split(rec["key"]), rec["worker"], ss["action"], ss["start"],
+                          ss["stop"]))
+    end = max(t[4] for t in tasks)
+    # the window of iterations 2..R: the last sum(seconds[1:]) seconds before the end
+    window = sum(h["seconds"] for h in history[1:])
+    begin = end - window
+    kinds, workers, counts = {}, {}, {}
+    for name, worker, action, start, stop in tasks:
+        if stop < begin:
+            continue
+        dur = stop - max(start, begin)
+        label = f"{action}: {name}"
+        kinds[label] = kinds.get(label, 0.0) + dur
+        counts[label] = counts.get(label, 0) + 1
+        workers[worker] = workers.get(worker, 0.0) + dur
+    n = len(history) - 1
+    return {"window_seconds": window, "iterations": n, "mean_iteration": window / n,
+            "mean_per_task": {k: kinds[k] / counts[k] for k in kinds},
+            "per_iteration_by_kind": {k: v / n for k, v in sorted(kinds.items(),
+                                                                 key=lambda kv: -kv[1])},
+            "per_iteration_busy_by_worker": {w: v / n for w, v in workers.items()}}
 
 
 def time_split(path, atoms, n_nonzero, repeats, n_workers):
@@ -117,7 +161,7 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
         stats_bytes = len(pickle.dumps(stats, protocol=5))
         pieces["whole chunk task (_chunk_statistics)"] = timed(
             lambda: _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_atoms), repeats)
-    del corr
+    corr = None
     # driver side (runs in the client process with its default BLAS threads)
     driver = {}
     driver["gram D D^T"] = timed(lambda: atoms @ atoms.T, repeats)
@@ -127,7 +171,7 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
     while m > 1:
         n_merges += math.ceil(m / 8)
         m = math.ceil(m / 8)
-    driver["merge 8 chunk statistics (x%d merges)" % n_merges] = timed(
+    driver[f"merge 8 chunk statistics (x{n_merges} merges)"] = timed(
         lambda: _merge_statistics(parts, n_atoms), repeats)
     merged = _merge_statistics([stats] * n_chunks, n_atoms)
     driver["approx_update"] = timed(lambda: approx_update(atoms, merged), repeats)
@@ -168,9 +212,12 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     parser.add_argument("--rewrite", action="store_true", help="rewrite an existing store")
     parser.add_argument("--no-split", action="store_true", help="skip the time split")
+    parser.add_argument("--wait-idle", type=float, default=120.0,
+                        help="wait up to this many seconds for other processes to leave the "
+                             "CPU before timing")
     args = parser.parse_args()
 
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     import daskdict
     from daskdict import open_store
@@ -189,6 +236,7 @@ def main():
         rng = np.random.default_rng(0)
         d0 = y[rng.choice(y.shape[0], args.n_atoms, replace=False)]
         d0 = np.ascontiguousarray(d0 / np.linalg.norm(d0, axis=1, keepdims=True))
+        busy_before = wait_until_idle(max_wait=args.wait_idle)
         bare = bare_product(y, d0, args.repeats)
         print(f"bare Y @ D.T: median {bare['median']:.3f} s ({bare['gflops']:.0f} GFLOP/s, "
               f"BLAS threads {bare['blas_threads']})", flush=True)
@@ -196,10 +244,17 @@ def main():
         with LocalCluster(n_workers=args.n_workers, threads_per_worker=1, host="127.0.0.1",
                           dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             start = time.perf_counter()
-            model = daskdict.fit(str(path), n_atoms=args.n_atoms, n_nonzero=args.n_nonzero,
-                                 n_iter=args.n_iter, client=client, random_state=0,
-                                 progress=False)
+            with get_task_stream(client) as stream:
+                model = daskdict.fit(str(path), n_atoms=args.n_atoms,
+                                     n_nonzero=args.n_nonzero, n_iter=args.n_iter,
+                                     client=client, random_state=0, progress=False)
             fit_wall = time.perf_counter() - start
+        in_workers = task_stream_split(stream.data, model.history)
+        # the bare product again after the fit: other processes may share the machine, so
+        # the medians are over repeats taken before and after the iterations
+        after = bare_product(y, d0, args.repeats)
+        bare = combine_bare(bare, after, y, d0)
+        print(f"bare Y @ D.T after the fit: median {after['median']:.3f} s", flush=True)
         iters = [h["seconds"] for h in model.history]
         timed_iters = iters[1:] if len(iters) > 1 else iters
         it_median = median(timed_iters)
@@ -216,11 +271,22 @@ def main():
         print()
         table(["measure", "seconds", "ratio it/bare", "bar", "result"], [
             ["iteration (median of 2..R)", it_median, ratio, f"<= {BAR}", verdict(ratio <= BAR)],
-            ["bare Y @ D.T (median)", bare["median"], 1.0, "", ""],
+            ["bare Y @ D.T (median, before+after)", bare["median"], 1.0, "", ""],
             ["bare matmul(out=) (median)", bare["preallocated_median"], ratio_pre, "", ""],
         ], title=f"one K-SVD iteration vs the bare float32 GEMM, N={args.n_samples:,}, "
                  f"d={args.n_features}, K={args.n_atoms}, L={args.n_nonzero}")
 
+        if in_workers is not None:
+            print()
+            mean_it = in_workers["mean_iteration"]
+            rows = [[k, v, in_workers["mean_per_task"][k], f"{100 * v / mean_it:.1f}"]
+                    for k, v in in_workers["per_iteration_by_kind"].items()]
+            rows += [[f"busy: worker {w}", v, "", f"{100 * v / mean_it:.1f}"]
+                     for w, v in in_workers["per_iteration_busy_by_worker"].items()]
+            table(["task kind (summed over workers)", "s/iteration", "s/task",
+                   "% of mean iteration"], rows,
+                  title=f"inside the workers (distributed task stream, iterations 2..R, mean "
+                        f"iteration {mean_it:.2f} s); a worker busy < 100 % waits")
         split = None
         if not args.no_split:
             split = time_split(path, model.atoms, args.n_nonzero, args.repeats, args.n_workers)
@@ -248,13 +314,13 @@ def main():
                   "contention between the two workers")
 
         write_json("bench_speed", {
-            "params": vars(args), "store": str(path),
+            "params": vars(args), "store": str(path), "cpu_busy_before_percent": busy_before,
             "iteration_seconds": iters, "iteration_median_2_to_R": it_median,
             "fit_wall_seconds": fit_wall, "bare_product": bare,
             "ratio_iteration_over_bare": ratio,
             "ratio_iteration_over_bare_preallocated": ratio_pre,
             "bar": BAR, "pass": ratio <= BAR, "history": model.history,
-            "recovered_fraction_after_R": rec, "split": split})
+            "recovered_fraction_after_R": rec, "split": split, "task_stream": in_workers})
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(path.parent, ignore_errors=True)

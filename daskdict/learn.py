@@ -155,12 +155,19 @@ def code_block(y, atoms, gram, n_nonzero, tol, coder):
     return _kernels.CODERS[coder](corr, gram, sqnorms, n_nonzero, tol)
 
 
-def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst):
+_STATISTICS = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
+
+
+def _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst):
+    """Code a block and compute its iteration statistics (see ``residual_statistics``)."""
     y = _as_block(y, atoms.dtype)
     indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
-    names = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
     stats = _kernels.residual_statistics(y, atoms, indices, values, n_worst)
-    return dict(zip(names, stats, strict=True))
+    return y, indices, values, dict(zip(_STATISTICS, stats, strict=True))
+
+
+def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst):
+    return _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst)[3]
 
 
 def _merge_statistics(parts, n_worst):
@@ -183,13 +190,9 @@ def _tree_reduce(parts, n_worst, split_every=8):
 
 def _exact_ksvd_block(y, atoms, gram, n_nonzero, tol, coder, n_worst, order, batch_size):
     """Textbook K-SVD on a block holding all the data: code, then update atoms by batches."""
-    y = _as_block(y, atoms.dtype)
-    indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
-    names = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
-    stats = _kernels.residual_statistics(y, atoms, indices, values, n_worst)
-    stats = dict(zip(names, stats, strict=True))
-    new_atoms = ksvd_update(y, atoms, indices, values, order, batch_size)
-    return stats, new_atoms
+    y, indices, values, stats = _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder,
+                                                    n_worst)
+    return stats, ksvd_update(y, atoms, indices, values, order, batch_size)
 
 
 def ksvd_update(y, atoms, indices, values, order, batch_size):
