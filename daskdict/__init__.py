@@ -11,6 +11,7 @@ from .errors import (
     CorruptChunkError,
     DaskdictError,
     InvalidInputError,
+    OutputNotWritableError,
     StoreNotFoundError,
 )
 from .learn import fit
@@ -26,6 +27,7 @@ __all__ = [
     "Dictionary",
     "EmbeddingStore",
     "InvalidInputError",
+    "OutputNotWritableError",
     "StoreNotFoundError",
     "__version__",
     "create_store",

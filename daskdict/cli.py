@@ -15,6 +15,9 @@ from .errors import DaskdictError
 
 def _cmd_fit(args) -> int:
     from .learn import fit
+    from .store import check_writable
+
+    check_writable(args.out)  # before the work, not after it
 
     model = fit(args.store, n_atoms=args.atoms, n_nonzero=args.nonzero, n_iter=args.iters,
                 layer=args.layer, coder=args.coder, update=args.update, tol=args.tol,
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DaskdictError, FileExistsError, PermissionError) as exc:
+    except (DaskdictError, FileExistsError) as exc:
         print(f"daskdict {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

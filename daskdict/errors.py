@@ -24,5 +24,9 @@ class CorruptChunkError(DaskdictError, OSError):
     """A chunk of a Zarr array that cannot be read or decoded."""
 
 
+class OutputNotWritableError(DaskdictError, PermissionError):
+    """An output path (dictionary, codes, checkpoint, store) that cannot be written."""
+
+
 class CheckpointMismatchError(DaskdictError, ValueError):
     """A checkpoint written by a different fit (other data or parameters)."""

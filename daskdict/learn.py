@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ from . import _kernels
 from ._version import __version__
 from .errors import CheckpointMismatchError, InvalidInputError
 from .runtime import Runtime, runtime
-from .store import as_dask_array, atomic_replace, check_writable, temporary_sibling
+from .store import (
+    as_dask_array,
+    atomic_replace,
+    check_writable,
+    recover_replaced,
+    temporary_sibling,
+)
 
 # K-SVD toolbox (clearDictionary): atoms used by fewer samples, or closer than this to another
 # atom, are replaced.
@@ -101,6 +108,9 @@ def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_s
         atom_batch_size = positive_int("atom_batch_size", atom_batch_size)
     if isinstance(init, str) and init not in _INITS:
         raise InvalidInputError(f"Expected init in {_INITS} or an array. Got {init!r}.")
+    if not isinstance(init, str) and np.shape(init) != (n_atoms, n_features):
+        raise InvalidInputError(
+            f"Expected init of shape ({n_atoms}, {n_features}). Got {np.shape(init)}.")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise InvalidInputError(f"Expected dtype float32 or float64. Got {dtype}.")
@@ -136,16 +146,32 @@ def _as_block(y: np.ndarray, dtype) -> np.ndarray:
 
 
 def check_block(y: np.ndarray, offset: int) -> np.ndarray:
-    """Per-block validation: NaN/inf rows are an error naming the first bad row."""
+    """Validation report of one block, computed where the block lives.
+
+    Returns int64 ``[n_rows, n_zero_rows, n_bad_rows, first_bad_row, crc32]``: rows with NaN or
+    inf are counted (``first_bad_row`` is -1 when there are none) rather than raised on a worker,
+    so the driver can report the total; the CRC32 of the block's bytes fingerprints the content.
+    """
     finite = np.isfinite(y).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
+    bad = np.flatnonzero(~finite)
+    first_bad = offset + int(bad[0]) if bad.size else -1
+    digest = zlib.crc32(np.ascontiguousarray(y))
+    return np.array([y.shape[0], int((~y.any(axis=1)).sum()), bad.size, first_bad, digest],
+                    dtype=np.int64)
+
+
+def raise_for_bad_rows(n_bad: int, first_bad: int) -> None:
+    """The error for NaN/inf rows, naming how many and the first."""
+    if n_bad:
         raise InvalidInputError(
-            f"The data holds {bad.size} row(s) with NaN or inf values in rows "
-            f"{offset}–{offset + y.shape[0] - 1}, first at row {offset + bad[0]}. "
-            "Remove or repair them before fitting."
+            f"The data holds {n_bad} row(s) with NaN or inf values, the first at row "
+            f"{first_bad}. Remove or repair them before fitting or encoding."
         )
-    return np.array([y.shape[0], int((~y.any(axis=1)).sum())], dtype=np.int64)
+
+
+def gram_matrix(atoms: np.ndarray) -> np.ndarray:
+    """``D D^T``, shape (n_atoms, n_atoms)."""
+    return atoms @ atoms.T
 
 
 def code_block(y, atoms, gram, n_nonzero, tol, coder):
@@ -378,6 +404,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict | None:
     """The saved state, or None if there is no finished checkpoint at ``path``."""
+    recover_replaced(path)
     if not (path / "zarr.json").exists():
         return None
     group = zarr.open_group(path, mode="r")
@@ -470,29 +497,42 @@ def fit(
 
     data, description = as_dask_array(source, layer)
     n_samples, n_features = data.shape
-    params = validate_params(n_atoms or 4 * n_features, n_nonzero, n_iter, coder, tol, update,
-                             atom_batch_size, shuffle_atoms, replace_atoms, init, dtype,
-                             n_samples, n_features)
+    params = validate_params(4 * n_features if n_atoms is None else n_atoms, n_nonzero, n_iter,
+                             coder, tol, update, atom_batch_size, shuffle_atoms, replace_atoms,
+                             init, dtype, n_samples, n_features)
     if params.update == "ksvd" and data.numblocks[0] > 1:
         raise InvalidInputError(
             f"update='ksvd' (exact) needs the data in one chunk; it has {data.numblocks[0]}. "
             "Use update='approx' (one pass per iteration) or data.rechunk({0: -1})."
         )
     checkpoint_path = check_writable(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(data, description)
     seed = base_seed(random_state)
     state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if state is not None:
-        if state["params"] != _jsonable(params.to_dict()) or state["fingerprint"] != _jsonable(
-                fingerprint):
+        # n_iter may grow: a finished fit can be continued with more iterations
+        saved = {k: v for k, v in state["params"].items() if k != "n_iter"}
+        wanted = {k: v for k, v in _jsonable(params.to_dict()).items() if k != "n_iter"}
+        problem = None
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+            problem = f"other parameters ({', '.join(changed)})"
+        elif random_state is not None and seed != int(state["seed"]):
+            problem = f"random_state={state['seed']}, not {seed}"
+        elif len(state["history"]) > params.n_iter:
+            problem = f"{len(state['history'])} iterations, more than n_iter={params.n_iter}"
+        if problem:
             raise CheckpointMismatchError(
-                f"The checkpoint {checkpoint_path} belongs to another fit (different data or "
-                "parameters). Remove it or choose another path."
-            )
+                f"The checkpoint {checkpoint_path} belongs to another fit: {problem}. Remove it "
+                "or choose another path.")
         seed = int(state["seed"])
     in_memory = description["kind"] == "ndarray"
     with runtime(client, in_memory=in_memory, verbose=progress) as rt:
-        n_rows, n_zero_rows = _validate_data(data, rt)
+        n_rows, n_zero_rows, digest = _validate_data(data, rt)
+        fingerprint = {**_fingerprint(data, description), "content_crc32": digest}
+        if state is not None and state["fingerprint"] != _jsonable(fingerprint):
+            raise CheckpointMismatchError(
+                f"The checkpoint {checkpoint_path} belongs to another fit: other data (shape, "
+                "chunks, source or content differ). Remove it or choose another path.")
         if state is None:
             atoms = initial_atoms(data, init, params.n_atoms, iteration_rng(seed, 0),
                                   params.dtype)
@@ -536,13 +576,20 @@ def _progress_bar(total, initial, enabled):
     return tqdm(total=total, initial=initial, desc="K-SVD", unit="iter")
 
 
-def _validate_data(data, rt: Runtime) -> tuple[int, int]:
-    """One pass before any work: NaN/inf rows and unreadable chunks fail here, with names."""
+def _validate_data(data, rt: Runtime) -> tuple[int, int, int]:
+    """One pass before any work: NaN/inf rows and unreadable chunks fail here, with names.
+
+    Returns the number of rows, of all-zero rows, and a CRC32 of the content.
+    """
     offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
     blocks = data.to_delayed().ravel()
-    parts = [dask.delayed(check_block)(b, int(o)) for b, o in zip(blocks, offsets, strict=True)]
-    counts = np.sum(rt.compute(*parts), axis=0)
-    return int(counts[0]), int(counts[1])
+    parts = [dask.delayed(check_block)(b, int(o))
+             for b, o in zip(blocks, offsets, strict=True)]
+    reports = np.array(rt.compute(*parts))
+    bad = reports[:, 3][reports[:, 3] >= 0]
+    raise_for_bad_rows(int(reports[:, 2].sum()), int(bad.min()) if bad.size else -1)
+    digest = zlib.crc32(reports[:, 4].tobytes())
+    return int(reports[:, 0].sum()), int(reports[:, 1].sum()), digest
 
 
 def _iterate(data, atoms, params: FitParams, rt: Runtime, rng, n_rows, n_zero_rows, n_features):
@@ -550,9 +597,9 @@ def _iterate(data, atoms, params: FitParams, rt: Runtime, rng, n_rows, n_zero_ro
     start = time.perf_counter()
     dtype = np.dtype(params.dtype)
     atoms = np.ascontiguousarray(atoms, dtype=dtype)
-    gram = atoms @ atoms.T
     n_worst = params.n_atoms
-    shared_atoms, shared_gram = rt.share(atoms), rt.share(gram)
+    shared_atoms = rt.share(atoms)
+    shared_gram = dask.delayed(gram_matrix)(shared_atoms)
     blocks = data.to_delayed().ravel()
     if params.update == "ksvd":
         order = rng.permutation(params.n_atoms) if params.shuffle_atoms else np.arange(

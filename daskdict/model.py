@@ -21,9 +21,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._version import __version__
 from .errors import InvalidInputError, StoreNotFoundError
-from .learn import check_block, code_block, fit
+from .learn import check_block, code_block, fit, gram_matrix, raise_for_bad_rows
 from .runtime import runtime
-from .store import as_dask_array, atomic_replace, check_writable, temporary_sibling
+from .store import (
+    as_dask_array,
+    atomic_replace,
+    check_writable,
+    recover_replaced,
+    temporary_sibling,
+)
 
 FORMAT_VERSION = 1
 
@@ -117,7 +123,7 @@ def _write_codes(group, indices, values, compute=None):
 
 
 def _open_group(path, kind: str):
-    path = Path(path)
+    path = recover_replaced(path)
     if not path.exists():
         raise StoreNotFoundError(f"Nothing at {str(path)!r}: the path does not exist.")
     group = zarr.open_group(path, mode="r")
@@ -213,7 +219,8 @@ class Dictionary:
         atoms = np.ascontiguousarray(self.atoms, dtype=dtype)
         in_memory = description["kind"] == "ndarray"
         with runtime(client, in_memory=in_memory, verbose=progress) as rt:
-            shared_atoms, shared_gram = rt.share(atoms), rt.share(atoms @ atoms.T)
+            shared_atoms = rt.share(atoms)
+            shared_gram = dask.delayed(gram_matrix)(shared_atoms)
             offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
             index_parts, value_parts = [], []
             blocks = data.to_delayed().ravel()
@@ -267,7 +274,8 @@ class Dictionary:
 
 
 def _encode_block(y, offset, atoms, gram, n_nonzero, tol, coder):
-    check_block(y, offset)
+    report = check_block(y, offset)
+    raise_for_bad_rows(int(report[2]), int(report[3]))
     y = np.ascontiguousarray(y, dtype=atoms.dtype)
     return code_block(y, atoms, gram, n_nonzero, tol, coder)
 

@@ -9,6 +9,7 @@ several Dask threads compute. Oversubscribing the cores costs 2-10x.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -40,9 +41,12 @@ class Runtime:
         self.scheduler = scheduler
 
     def share(self, value: Any) -> Any:
-        """Ship a large array to the workers once; the result can be passed to many tasks."""
-        if self.client is not None:
-            return self.client.scatter(value, broadcast=True, hash=False)
+        """A large array as one graph key that many tasks depend on (sent once per worker).
+
+        Not ``client.scatter``: scattered data is lost for good with the worker holding it,
+        while a graph key is recomputed on another worker, so a killed worker costs a retry,
+        not the fit.
+        """
         return dask.delayed(value, pure=False)
 
     def compute(self, *values: Any) -> tuple:
@@ -100,9 +104,11 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
         from distributed import Client, LocalCluster
 
         # Services bind to localhost only; the dashboard takes a free port.
+        # silence_logs: a bad-input error raised in a task reaches the caller as one clear
+        # exception; the workers need not also log its traceback
         cluster = LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=1,
                                processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                               memory_limit=memory_limit)
+                               memory_limit=memory_limit, silence_logs=logging.ERROR)
         started = Client(cluster)
         try:
             if verbose:

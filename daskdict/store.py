@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,13 +28,20 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import CorruptChunkError, InvalidInputError, StoreNotFoundError
+from .errors import (
+    CorruptChunkError,
+    InvalidInputError,
+    OutputNotWritableError,
+    StoreNotFoundError,
+)
 
 FORMAT_VERSION = 1
 DEFAULT_LAYER = "final"
 # about 32 MiB of float32 per chunk: large enough for an efficient GEMM, small enough that a
 # worker holds a few chunks plus their (rows x n_atoms) correlations
 _CHUNK_BYTES = 32 * 2**20
+# temporary folders older than this process are left over from writers that died
+_start_time = time.time() - 1.0
 
 
 def default_chunk_rows(n_features: int, itemsize: int = 4) -> int:
@@ -42,7 +50,12 @@ def default_chunk_rows(n_features: int, itemsize: int = 4) -> int:
 
 
 def atomic_replace(tmp: Path, path: Path) -> None:
-    """Move the finished directory ``tmp`` to ``path``; a crash leaves the old or the new one."""
+    """Move the finished directory ``tmp`` to ``path``; a crash leaves the old or the new one.
+
+    Directories cannot be swapped in one rename, so the old one is first renamed to a hidden
+    ``.<name>.old-*`` sibling; :func:`recover_replaced` puts it back if a crash came between
+    the two renames.
+    """
     if path.exists():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, old)
@@ -52,23 +65,51 @@ def atomic_replace(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
+def recover_replaced(path: str | os.PathLike) -> Path:
+    """Undo a swap that crashed between its two renames; remove stale temporary folders."""
+    path = Path(path)
+    if path.parent.is_dir():
+        leftovers = sorted(path.parent.glob(f".{path.name}.old-*"))
+        if not path.exists():
+            complete = [p for p in leftovers if (p / "zarr.json").exists()]
+            if complete:
+                os.replace(complete[-1], path)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            # a temporary folder is only ever renamed into place, never read: left over
+            # means its writer died
+            if stale.stat().st_mtime < _start_time:
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in leftovers:
+            if stale.exists():
+                shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
 def temporary_sibling(path: Path) -> Path:
     """A fresh hidden path next to ``path`` (same filesystem, so renames are atomic)."""
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"Cannot write to {path.parent}: the folder is not writable.")
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, naming the path, if an output could not be written there."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise OutputNotWritableError(
+            f"Cannot write the output {str(path)!r}: {str(probe)!r} is a file, not a folder."
+        )
     if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise PermissionError(f"Cannot write the output {str(path)!r}: {probe} is not writable.")
+        raise OutputNotWritableError(
+            f"Cannot write the output {str(path)!r}: {str(probe)!r} is not writable."
+        )
+    if path.exists() and not path.is_dir():
+        raise OutputNotWritableError(
+            f"Cannot write the output {str(path)!r}: a file of that name exists."
+        )
     return path
 
 
@@ -113,7 +154,7 @@ def create_store(
     The store is written to a temporary folder beside ``path`` and renamed into place, so a
     crash leaves either the previous store or the new one.
     """
-    path = Path(path)
+    path = recover_replaced(check_writable(path))
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
     if not layers:
@@ -252,7 +293,7 @@ def open_store(path: str | os.PathLike) -> EmbeddingStore:
     StoreNotFoundError
         If ``path`` does not exist or is not a Zarr group.
     """
-    path = Path(path)
+    path = recover_replaced(path)
     if not path.exists():
         raise StoreNotFoundError(f"No store at {str(path)!r}: the path does not exist.")
     try:
@@ -281,6 +322,9 @@ class _CheckedZarrRows:
             return self.array[key]
         except Exception as exc:
             rows = key[0] if isinstance(key, tuple) else key
+            if isinstance(rows, slice):
+                start, stop, _ = rows.indices(self.shape[0])
+                rows = f"{start}–{stop - 1}"
             raise CorruptChunkError(
                 f"Could not read rows {rows} of {self.label}: {type(exc).__name__}: {exc}. "
                 "The chunk file is damaged or was only partly written; rewrite the store."
