@@ -27,12 +27,29 @@ def environment() -> dict:
     except AttributeError:  # pragma: no cover
         cores = os.cpu_count()
     return {
+        **_git_state(),
         "daskdict": daskdict.__version__, "numpy": np.__version__, "dask": dask.__version__,
         "distributed": distributed.__version__, "zarr": zarr.__version__,
         "numba": numba.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cores": cores,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg": list(os.getloadavg()),
     }
+
+
+def _git_state() -> dict:
+    """The commit of the checkout and whether the package differs from it (read-only git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "daskdict"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        return {"git_commit": commit or None,
+                "package_modified_files": [ln[3:] for ln in dirty if ln.strip()]}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "package_modified_files": None}
 
 
 def write_json(name: str, payload: dict) -> Path:

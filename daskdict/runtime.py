@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,7 +53,11 @@ class Runtime:
     def compute(self, *values: Any) -> tuple:
         """Compute delayed values (one graph)."""
         if self.client is not None:
-            return tuple(self.client.gather(self.client.compute(list(values))))
+            with warnings.catch_warnings():
+                # the dictionary travels in the graph on purpose (see ``share``)
+                warnings.filterwarnings("ignore", message="Sending large graph")
+                futures = self.client.compute(list(values))
+            return tuple(self.client.gather(futures))
         if self.scheduler == "threads" and n_cores() > 1:
             # several Dask threads each run single-threaded BLAS
             with threadpool_limits(limits=1, user_api="blas"):
