@@ -27,6 +27,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from .errors import (
     CorruptChunkError,
@@ -123,6 +124,7 @@ def create_store(
     chunk_rows: int | None = None,
     overwrite: bool = False,
     attrs: Mapping[str, Any] | None = None,
+    compressors: Any = None,
 ) -> EmbeddingStore:
     """Write an embedding store from in-memory or dask arrays.
 
@@ -143,6 +145,11 @@ def create_store(
         Replace an existing store at ``path``.
     attrs : mapping, optional
         Extra attributes stored under ``attrs["daskdict"]``.
+    compressors : list of Zarr codecs, optional
+        Bytes-to-bytes codecs of the layers. By default a CRC32C checksum per chunk and no
+        compression: float32 embeddings shrink by under 10% with zstd, reading them
+        uncompressed is about twice as fast (every K-SVD iteration reads every chunk), and the
+        checksum still turns a damaged chunk into an error instead of wrong numbers.
 
     Returns
     -------
@@ -178,6 +185,7 @@ def create_store(
             target = group.create_array(
                 f"layers/{name}", shape=array.shape, dtype=np.float32,
                 chunks=(min(rows, array.shape[0]), array.shape[1]),
+                compressors=[Crc32cCodec()] if compressors is None else compressors,
             )
             if isinstance(array, da.Array):
                 da.store(array.astype(np.float32).rechunk((target.chunks[0], -1)), target,
