@@ -186,6 +186,8 @@ def create_store(
                 f"layers/{name}", shape=array.shape, dtype=np.float32,
                 chunks=(min(rows, array.shape[0]), array.shape[1]),
                 compressors=[Crc32cCodec()] if compressors is None else compressors,
+                # every chunk is written, so a missing chunk file means a damaged store
+                config={"write_empty_chunks": True},
             )
             if isinstance(array, da.Array):
                 da.store(array.astype(np.float32).rechunk((target.chunks[0], -1)), target,
@@ -340,8 +342,21 @@ class _CheckedZarrRows:
 
 
 def zarr_to_dask(array: zarr.Array) -> da.Array:
-    """A dask array with one block per row-chunk of ``array`` and all features in each block."""
+    """A dask array with one block per row-chunk of ``array`` and all features in each block.
+
+    Raises
+    ------
+    CorruptChunkError
+        If chunk files are missing (Zarr would silently read them as zeros).
+    """
     label = f"Zarr array {array.store_path}"
+    missing = array.nchunks - array.nchunks_initialized
+    if missing:
+        raise CorruptChunkError(
+            f"{missing} of the {array.nchunks} chunks of {label} are missing; Zarr would read "
+            "them as zeros. The store was only partly written or damaged: rewrite it (if those "
+            "chunks are all zeros on purpose, write them with write_empty_chunks=True)."
+        )
     rows = array.chunks[0]
     return da.from_array(_CheckedZarrRows(array, label), chunks=(rows, array.shape[1]),
                          asarray=True, lock=False, name=f"daskdict-read-{uuid.uuid4().hex}",

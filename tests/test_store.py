@@ -69,3 +69,13 @@ def test_dask_array_chunked_along_features_is_rejected(rng):
     data = da.from_array(rng.standard_normal((20, 6)), chunks=(10, 3))
     with pytest.raises(daskdict.InvalidInputError, match="rechunk"):
         as_dask_array(data)
+
+
+def test_missing_chunk_file_is_an_error_not_zeros(tmp_path, rng):
+    data = rng.standard_normal((300, 4)).astype(np.float32)
+    data[100:200] = 0.0  # an all-zero chunk is still written
+    daskdict.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=100)
+    assert as_dask_array(tmp_path / "s.zarr")[0].compute()[150].sum() == 0
+    (tmp_path / "s.zarr" / "layers" / "final" / "c" / "2" / "0").unlink()
+    with pytest.raises(daskdict.CorruptChunkError, match="1 of the 3 chunks"):
+        as_dask_array(tmp_path / "s.zarr")
