@@ -77,8 +77,9 @@ def make_planted(n_samples: int = 1500, n_features: int = 20, n_atoms: int = 50,
         raise InvalidInputError(f"n_nonzero={n_nonzero} exceeds n_atoms={n_atoms}.")
     rng = np.random.default_rng(random_state)
     atoms = planted_atoms(n_atoms, n_features, rng)
-    data, indices, values = _planted_block(atoms, n_samples, n_nonzero, None if snr_db else 0.0,
-                                           snr_db, rng.integers(2**63), dtype)
+    noise_scale = None if snr_db is not None else 0.0  # None: scale the noise to snr_db
+    data, indices, values = _planted_block(atoms, n_samples, n_nonzero, noise_scale, snr_db,
+                                           rng.integers(2**63), dtype)
     return Planted(data, atoms, indices, values)
 
 

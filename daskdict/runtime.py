@@ -64,6 +64,17 @@ class Runtime:
                 return dask.compute(*values, scheduler="threads", num_workers=n_cores())
         return dask.compute(*values, scheduler="sync")
 
+    def lanes(self) -> list[str | None]:
+        """One entry per task slot (worker thread): its worker's address, or None in process.
+
+        A fit runs one long task per slot, each over an equal share of the rows.
+        """
+        if self.client is not None:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+            return [address for address, info in sorted(workers.items())
+                    for _ in range(info.get("nthreads", 1))] or [None]
+        return [None] * (n_cores() if self.scheduler == "threads" else 1)
+
     @property
     def n_workers(self) -> int:
         if self.client is not None:

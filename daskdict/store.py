@@ -35,6 +35,7 @@ from .errors import (
     OutputNotWritableError,
     StoreNotFoundError,
 )
+from .runtime import n_cores
 
 FORMAT_VERSION = 1
 DEFAULT_LAYER = "final"
@@ -349,6 +350,10 @@ def zarr_to_dask(array: zarr.Array) -> da.Array:
     CorruptChunkError
         If chunk files are missing (Zarr would silently read them as zeros).
     """
+    return _zarr_rows(array)[0]
+
+
+def _zarr_rows(array: zarr.Array) -> tuple[da.Array, _CheckedZarrRows]:
     label = f"Zarr array {array.store_path}"
     missing = array.nchunks - array.nchunks_initialized
     if missing:
@@ -358,9 +363,10 @@ def zarr_to_dask(array: zarr.Array) -> da.Array:
             "chunks are all zeros on purpose, write them with write_empty_chunks=True)."
         )
     rows = array.chunks[0]
-    return da.from_array(_CheckedZarrRows(array, label), chunks=(rows, array.shape[1]),
-                         asarray=True, lock=False, name=f"daskdict-read-{uuid.uuid4().hex}",
-                         meta=np.empty((0, 0), dtype=array.dtype))
+    reader = _CheckedZarrRows(array, label)
+    return da.from_array(reader, chunks=(rows, array.shape[1]), asarray=True, lock=False,
+                         name=f"daskdict-read-{uuid.uuid4().hex}",
+                         meta=np.empty((0, 0), dtype=array.dtype)), reader
 
 
 def _check_matrix(array, what: str) -> None:
@@ -380,6 +386,15 @@ def _check_matrix(array, what: str) -> None:
 def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict]:
     """Turn any supported source into a row-chunked dask array.
 
+    Same as :func:`open_rows` without the reader.
+    """
+    array, description, _ = open_rows(source, layer)
+    return array, description
+
+
+def open_rows(source: Any, layer: str | None = None) -> tuple[da.Array, dict, Any]:
+    """Turn any supported source into a row-chunked dask array, and a reader of row ranges.
+
     Parameters
     ----------
     source : str, path-like, zarr.Array, zarr.Group, dask.array.Array or ndarray
@@ -394,6 +409,10 @@ def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict
         One block spans all features.
     description : dict
         ``kind``, ``path`` and ``layer`` of the source (JSON-ready), for fingerprints.
+    reader : array-like or None
+        For Zarr and NumPy sources, an object whose ``reader[start:stop]`` returns those rows
+        as an ndarray (cheap to send to workers, so a task can read its own rows); None for a
+        dask array, whose blocks come from its graph.
     """
     description: dict[str, Any] = {"kind": type(source).__name__, "path": None, "layer": layer}
     if isinstance(source, (str, os.PathLike)):
@@ -415,7 +434,8 @@ def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict
         raise InvalidInputError(f"layer={layer!r} applies to an embedding store only.")
     if isinstance(source, zarr.Array):
         _check_matrix(source, f"the Zarr array {source.store_path}")
-        return zarr_to_dask(source), description
+        array, reader = _zarr_rows(source)
+        return array, description, reader
     if isinstance(source, da.Array):
         _check_matrix(source, "the dask array")
         if source.numblocks[1] != 1:
@@ -423,7 +443,7 @@ def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict
                 f"Expected the dask array to be chunked along rows only. Got {source.numblocks[1]} "
                 "blocks along features; call .rechunk({1: -1}) first."
             )
-        return source, description
+        return source, description, None
     if isinstance(source, np.ndarray) or hasattr(source, "__array__"):
         array = np.asarray(source)
         if array.ndim == 1:
@@ -433,8 +453,10 @@ def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict
             )
         _check_matrix(array, "the array")
         description["kind"] = "ndarray"
-        rows = default_chunk_rows(array.shape[1], array.dtype.itemsize)
-        return da.from_array(array, chunks=(rows, -1)), description
+        # at least one block per core: an in-memory array is computed by threads in process
+        rows = min(default_chunk_rows(array.shape[1], array.dtype.itemsize),
+                   max(1, -(-array.shape[0] // n_cores())))
+        return da.from_array(array, chunks=(rows, -1)), description, array
     raise InvalidInputError(
         "Expected a path, zarr.Array, zarr.Group, dask array or NumPy array. "
         f"Got {type(source).__name__}."
