@@ -12,7 +12,8 @@ Bar: iteration / bare product <= 2.0.
 The time split times the per-chunk pieces of an iteration single-threaded (threadpoolctl), as
 one worker runs them: reading the Zarr chunk, the GEMM, the squared norms, Batch-OMP
 (``daskdict._kernels.batch_omp``), ``residual_statistics``, pickling the chunk's statistics,
-and the driver's work (Gram matrix, merge, atom update, atom replacement). The per-iteration
+the Gram matrix (each lane task makes its own), and the driver's work (merging the lanes'
+statistics, atom update, atom replacement). The per-iteration
 estimate of a worker piece is its per-chunk time x (chunks per worker on the critical path).
 
     python benchmarks/bench_speed.py                       # N=100,000, R=6
@@ -122,6 +123,7 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
         _merge_statistics,
         approx_update,
         check_block,
+        n_candidates,
         replace_atoms,
     )
 
@@ -134,6 +136,7 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
     # here, a small over-estimate)
     per_worker = math.ceil(n_chunks / n_workers)
     n_atoms = atoms.shape[0]
+    n_worst = n_candidates(n_atoms)
     atoms = np.ascontiguousarray(atoms, dtype=np.float32)
     pieces = {}
     with threadpool_limits(limits=1):
@@ -145,6 +148,7 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
 
         pieces["read zarr chunk"] = timed(read, repeats)
         pieces["check_block (NaN scan)"] = timed(lambda: check_block(y, 0), repeats)
+        pieces["Gram D D^T (once per lane)"] = timed(lambda: atoms @ atoms.T, repeats)
         gram = atoms @ atoms.T
         pieces["GEMM y @ D.T"] = timed(lambda: y @ atoms.T, repeats)
         corr = y @ atoms.T
@@ -154,26 +158,19 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
                                     repeats)
         idx, val = _kernels.batch_omp(corr, gram, sq, n_nonzero, 0.0)
         pieces["residual_statistics"] = timed(
-            lambda: _kernels.residual_statistics(y, atoms, idx, val, n_atoms), repeats)
-        stats = _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_atoms)
+            lambda: _kernels.residual_statistics(y, atoms, idx, val, n_worst), repeats)
+        stats = _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_worst)
         pieces["pickle chunk statistics"] = timed(
             lambda: pickle.loads(pickle.dumps(stats, protocol=5)), repeats)
         stats_bytes = len(pickle.dumps(stats, protocol=5))
         pieces["whole chunk task (_chunk_statistics)"] = timed(
-            lambda: _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_atoms), repeats)
+            lambda: _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_worst), repeats)
     corr = None
     # driver side (runs in the client process with its default BLAS threads)
     driver = {}
-    driver["gram D D^T"] = timed(lambda: atoms @ atoms.T, repeats)
-    parts = [stats] * min(8, n_chunks)
-    n_merges = 0
-    m = n_chunks
-    while m > 1:
-        n_merges += math.ceil(m / 8)
-        m = math.ceil(m / 8)
-    driver[f"merge 8 chunk statistics (x{n_merges} merges)"] = timed(
-        lambda: _merge_statistics(parts, n_atoms), repeats)
-    merged = _merge_statistics([stats] * n_chunks, n_atoms)
+    driver[f"merge {n_workers} lane statistics"] = timed(
+        lambda: _merge_statistics([stats] * n_workers, n_worst), repeats)
+    merged = _merge_statistics([stats] * n_chunks, n_worst)
     driver["approx_update"] = timed(lambda: approx_update(atoms, merged), repeats)
     new_atoms = approx_update(atoms, merged)
     driver["replace_atoms"] = timed(lambda: replace_atoms(new_atoms, merged), repeats)
@@ -183,12 +180,12 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers):
            "chunks_per_worker_critical": per_worker, "stats_bytes_per_chunk": stats_bytes,
            "replaced_in_split": n_replaced, "worker_pieces": {}, "driver_pieces": {}}
     for name, values in pieces.items():
+        times = 1 if name.startswith("Gram") else per_worker
         out["worker_pieces"][name] = {"per_chunk_median": median(values),
-                                      "per_iteration_estimate": median(values) * per_worker}
+                                      "per_iteration_estimate": median(values) * times}
     for name, values in driver.items():
-        factor = n_merges if name.startswith("merge") else 1
         out["driver_pieces"][name] = {"median": median(values),
-                                      "per_iteration_estimate": median(values) * factor}
+                                      "per_iteration_estimate": median(values)}
     return out
 
 

@@ -12,8 +12,8 @@ Rubinstein et al. 2008), with all atoms updated from the state at the iteration'
 ``update="ksvd"`` is textbook K-SVD (Aharon, Elad & Bruckstein 2006): each atom and its
 coefficients are replaced by the leading singular pair of the restricted residual, in batches of
 ``atom_batch_size`` atoms (Jacobi inside a batch, Gauss–Seidel across batches). It needs all rows of
-an atom's restricted residual at once, so it holds all the data in one task (a NumPy or Zarr
-source, or a dask array of one chunk).
+an atom's restricted residual at once, so it holds all the data in one task (a NumPy array, or
+a store or dask array of one chunk).
 
 Unused atoms (fewer than 4 users) and near-duplicates (``|d_i . d_j| > 0.99``) are replaced by the
 worst-represented samples, as the K-SVD toolbox's ``clearDictionary`` does.
@@ -287,10 +287,6 @@ def _accumulate(total, stats, n_worst):
     keep = np.argsort(-err, kind="stable")[:n_worst]
     total["worst_err"], total["worst_rows"] = err[keep], rows[keep]
     return total
-
-
-def _read_rows(reader, start, stop):
-    return np.asarray(reader[start:stop])
 
 
 def _tree_reduce(parts, n_worst, split_every=8):
@@ -589,10 +585,11 @@ def fit(
     params = validate_params(4 * n_features if n_atoms is None else n_atoms, n_nonzero, n_iter,
                              coder, tol, update, atom_batch_size, shuffle_atoms, replace_atoms,
                              init, dtype, n_samples, n_features)
-    if params.update == "ksvd" and reader is None and data.numblocks[0] > 1:
+    if params.update == "ksvd" and not isinstance(reader, np.ndarray) and data.numblocks[0] > 1:
         raise InvalidInputError(
-            f"update='ksvd' (exact) needs the data in one chunk; it has {data.numblocks[0]}. "
-            "Use update='approx' (one pass per iteration) or data.rechunk({0: -1})."
+            f"update='ksvd' (exact) needs all the data in one task: a NumPy array, or a store "
+            f"or dask array of one chunk; this one has {data.numblocks[0]} chunks. Use "
+            "update='approx' (one pass per iteration) or load the data into memory."
         )
     checkpoint_path = check_writable(checkpoint) if checkpoint is not None else None
     seed = base_seed(random_state)
@@ -697,12 +694,10 @@ def _iterate(data, reader, atoms, params: FitParams, rt: Runtime, rng, n_rows, n
     shared_atoms = rt.share(atoms)
     shared_gram = dask.delayed(gram_matrix)(shared_atoms)  # computed only where used
     if params.update == "ksvd":
-        if reader is None:  # a dask array of one chunk
-            block = data.to_delayed().ravel()[0]
-        elif isinstance(reader, np.ndarray):
+        if isinstance(reader, np.ndarray):
             block = rt.share(reader)
-        else:
-            block = dask.delayed(_read_rows)(reader, 0, n_rows)
+        else:  # a store or dask array of one chunk
+            block = data.to_delayed().ravel()[0]
         order = rng.permutation(params.n_atoms) if params.shuffle_atoms else np.arange(
             params.n_atoms)
         task = dask.delayed(_exact_ksvd_block, nout=2)(

@@ -1,5 +1,6 @@
 import warnings
 
+import numba
 import numpy as np
 import pytest
 from conftest import dense_codes, unit_rows
@@ -97,3 +98,36 @@ def test_codes_times_atoms(rng):
     indices, values = _kernels.batch_omp(corr, gram, sq, 5, 0.0)
     np.testing.assert_allclose(_kernels.codes_times_atoms(indices, values, atoms),
                                dense_codes(indices, values, atoms.shape[0]) @ atoms, atol=1e-12)
+
+
+@numba.njit
+def _compiled_abs_argmax(alpha):
+    return _kernels._abs_argmax(alpha)
+
+
+@numba.njit
+def _compiled_find_bits(alpha, top):
+    return _kernels._find_bits(alpha, top)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200, 3072])
+def test_abs_argmax_is_the_first_largest_magnitude(rng, dtype, n):
+    for _ in range(20):
+        alpha = rng.standard_normal(n).astype(dtype)
+        if n > 3:  # a tie between a positive and a negative entry: the first wins
+            alpha[n // 2] = -np.abs(alpha).max() * 2
+            alpha[n - 1] = -alpha[n // 2]
+        best, value = _compiled_abs_argmax(alpha)
+        assert best == np.argmax(np.abs(alpha))
+        assert value == np.abs(alpha).max()
+        assert _kernels._abs_argmax(alpha) == (best, value)
+    assert _compiled_abs_argmax(np.zeros(n, dtype))[1] == 0.0
+
+
+def test_find_bits_reports_a_missing_value():
+    alpha = np.array([0.5, -2.0, 1.0], dtype=np.float32)
+    top = _kernels._shifted_bits(np.float32(2.0))
+    assert _compiled_find_bits(alpha, top) == 1
+    assert _compiled_find_bits(alpha, _kernels._shifted_bits(np.float32(3.0))) == -1
+    assert _kernels._find_bits(alpha, top) == 1

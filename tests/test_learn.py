@@ -1,3 +1,4 @@
+import itertools
 import warnings
 
 import dask.array as da
@@ -170,3 +171,62 @@ def test_fit_uses_an_existing_client(tmp_path):
     reference = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
                              client="sync", random_state=0, progress=False)
     np.testing.assert_allclose(model.atoms, reference.atoms, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunks,n_lanes", [((100,), 1), ((100,), 3), ((30, 30, 30, 10), 2),
+                                            ((7,) * 13 + (2,), 4), ((3,), 8)])
+def test_lane_pieces_cover_the_rows_in_equal_shares_within_chunks(chunks, n_lanes):
+    from daskdict.learn import lane_pieces
+
+    lanes = lane_pieces(chunks, n_lanes)
+    bounds = set(np.cumsum((0, *chunks)).tolist())
+    flat = [piece for lane in lanes for piece in lane]
+    assert flat[0][0] == 0 and flat[-1][1] == sum(chunks)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(flat))  # contiguous, no overlap
+    for start, stop in flat:  # no piece crosses a chunk boundary
+        assert stop > start and not any(start < b < stop for b in bounds)
+    sizes = [sum(stop - start for start, stop in lane) for lane in lanes]
+    assert len(lanes) == min(n_lanes, sum(chunks)) and max(sizes) - min(sizes) <= 1
+
+
+def test_lanes_and_block_tasks_give_the_same_fit():
+    # NumPy and Zarr data are read by one task per lane; a dask array by one task per block
+    planted = make_planted(3000, 16, 32, 3, 20.0, random_state=5)
+    kwargs = dict(n_atoms=32, n_nonzero=3, n_iter=4, dtype="float64", random_state=2,
+                  progress=False)
+    lanes = daskdict.fit(planted.data, client="threads", **kwargs)
+    blocks = daskdict.fit(da.from_array(planted.data, chunks=(700, 16)), client="sync",
+                          **kwargs)
+    np.testing.assert_allclose(lanes.atoms, blocks.atoms, atol=1e-8)
+    assert [h["replaced_atoms"] for h in lanes.history] == [
+        h["replaced_atoms"] for h in blocks.history]
+
+
+def test_sub_block_coding_equals_coding_at_once(rng, monkeypatch):
+    from daskdict import learn
+
+    atoms = unit_rows(rng.standard_normal((40, 12)))
+    y = rng.standard_normal((250, 12))
+    gram = atoms @ atoms.T
+    whole = learn.code_block(y, atoms, gram, 4, 0.0, "omp")
+    monkeypatch.setattr(learn, "CODE_ROWS", 64)
+    parts = learn.code_block(y, atoms, gram, 4, 0.0, "omp")
+    np.testing.assert_array_equal(whole[0], parts[0])
+    np.testing.assert_allclose(whole[1], parts[1], atol=1e-12)
+
+
+def test_replacement_candidates_are_capped():
+    from daskdict.learn import MIN_CANDIDATES, n_candidates
+
+    assert n_candidates(50) == 50
+    assert n_candidates(3072) == 384
+    assert n_candidates(1000) == MIN_CANDIDATES
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0])
+def test_planted_noise_has_the_requested_snr(snr_db):
+    noisy = make_planted(500, 20, 50, 3, snr_db, random_state=1, dtype=np.float64)
+    clean = make_planted(500, 20, 50, 3, None, random_state=1, dtype=np.float64)
+    noise = noisy.data - clean.data
+    measured = 20 * np.log10(np.linalg.norm(clean.data) / np.linalg.norm(noise))
+    assert measured == pytest.approx(snr_db, abs=1e-6)

@@ -276,7 +276,7 @@ def _fit_in_thread(store, client, **kw):
 
 def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
                                                   worker_reference, tmp_path):
-    """SIGKILL one of two workers while it runs a chunk task of iteration >= 3; the nanny
+    """SIGKILL one of two workers while it runs a lane (chunk) task of iteration >= 3; the nanny
     restarts it, the lost tasks are recomputed and the fit ends with the undisturbed atoms."""
     client = cluster_client
     client.wait_for_workers(2, timeout=60)
@@ -290,7 +290,7 @@ def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
 
     def busy_worker():
         for address, keys in client.processing().items():
-            if address in pids and any(str(k).startswith("_chunk_statistics") for k in keys):
+            if address in pids and any(str(k).startswith(("_lane_statistics", "_chunk_statistics")) for k in keys):
                 return address
         return None
 
@@ -322,7 +322,7 @@ def test_fit_survives_worker_killed_at_iteration_start(cluster_client, worker_st
     real_share = runtime_mod.Runtime.share
 
     def share(self, value):
-        if len(killed) == 0 and share.calls == 2:  # calls 0-1: iteration 1; 2-3: iteration 2
+        if len(killed) == 0 and share.calls == 1:  # call i ships the atoms of iteration i + 1
             killed.append(next(iter(pids.values())))
             os.kill(killed[0], signal.SIGKILL)
         share.calls += 1
