@@ -1,13 +1,16 @@
 """K-SVD out of core: each iteration is one Dask graph over the row chunks of the data.
 
 One iteration (``update="approx"``, the default) reads every chunk once. Per chunk, a task
-computes the correlations ``Y_b D^T`` (one GEMM), codes the rows (Batch-OMP or matching pursuit,
-numba), and returns the restricted residual products ``sum_i r_i x_ij`` of every atom, the
-squared coefficients, usage counts, error sums and its worst-represented rows. A tree reduction
-sums them and the driver updates all atoms at once: for OMP codes ``E_w d_j = x_wj`` (the residual
-is orthogonal to the chosen atoms), so ``E_w^T x_wj`` is one power step towards the leading right
-singular vector of the restricted residual ``E_w`` from the current atom (approximate K-SVD,
-Rubinstein et al. 2008), with all atoms updated from the state at the iteration's start.
+computes the correlations ``Y_b D^T`` (GEMM), codes the rows (Batch-OMP or matching pursuit,
+numba), and sums the restricted residual products ``sum_i r_i x_ij`` of every atom, the squared
+coefficients, usage counts, error sums and the worst-represented rows. Zarr and NumPy data are
+read by one task per worker thread over an equal share of the rows (see ``lane_pieces``), so the
+(n_atoms x n_features) sums leave each worker once; a dask array gets one task per block and a
+tree reduction. The driver then updates all atoms at once: for OMP codes ``E_w d_j = x_wj``
+(the residual is orthogonal to the chosen atoms), so ``E_w^T x_wj`` is one power step towards
+the leading right singular vector of the restricted residual ``E_w`` from the current atom
+(approximate K-SVD, Rubinstein et al. 2008), with all atoms updated from the state at the
+iteration's start.
 
 ``update="ksvd"`` is textbook K-SVD (Aharon, Elad & Bruckstein 2006): each atom and its
 coefficients are replaced by the leading singular pair of the restricted residual, in batches of
@@ -16,7 +19,8 @@ an atom's restricted residual at once, so it holds all the data in one task (a N
 a store or dask array of one chunk).
 
 Unused atoms (fewer than 4 users) and near-duplicates (``|d_i . d_j| > 0.99``) are replaced by the
-worst-represented samples, as the K-SVD toolbox's ``clearDictionary`` does.
+worst-represented samples, as the K-SVD toolbox's ``clearDictionary`` does (at most
+``n_candidates(n_atoms)`` per iteration).
 """
 
 from __future__ import annotations
