@@ -42,7 +42,7 @@ import zarr
 from . import _kernels
 from ._version import __version__
 from .errors import CheckpointMismatchError, InvalidInputError
-from .runtime import Runtime, runtime
+from .runtime import Runtime, release_memory, runtime
 from .store import (
     atomic_replace,
     check_writable,
@@ -274,6 +274,7 @@ def _lane_statistics(reader, pieces, atoms, n_nonzero, tol, coder, n_worst):
     for start, stop in pieces:
         stats = _chunk_statistics(reader[start:stop], atoms, gram, n_nonzero, tol, coder, n_worst)
         total = _accumulate(total, stats, n_worst)
+        release_memory()
     return total
 
 

@@ -9,6 +9,7 @@ several Dask threads compute. Oversubscribing the cores costs 2-10x.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -29,6 +30,26 @@ def n_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return os.cpu_count() or 1
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc only; elsewhere a no-op).
+
+    A long task allocates and frees a chunk's buffers over and over from worker threads, whose
+    glibc arenas keep the freed pages: without this the resident memory of a worker crept up
+    with the number of chunks it had read, i.e. with N.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 class Runtime:
