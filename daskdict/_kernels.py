@@ -120,8 +120,7 @@ def _abs_argmax_numba(alpha):
 def _orthogonalise(proj, s, row, lower):
     """``proj[s] = row - sum_{t < s} lower[s, t] proj[t]`` (a direction before its scaling).
 
-    One pass per term: fusing several terms per pass was measured slower (the aliasing checks
-    between rows of ``proj`` stop the vectoriser).
+    One pass per term: fusing four terms per pass was measured slower.
     """
     u = proj[s]
     for j in range(u.shape[0]):
@@ -186,7 +185,7 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
         u = proj[s]
         inv = u.dtype.type(1.0 / diag)
         step_z = u.dtype.type(z[s] / diag)
-        # the update also finds the largest |alpha|, saving a pass (see _update_and_find)
+        # the update also finds the largest |alpha|, saving a pass over it
         top = _update_and_max(alpha, u, step_z, inv)
         for t in range(n_sel):
             alpha[idx_out[t]] = 0.0  # chosen atoms are not chosen again

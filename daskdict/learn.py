@@ -55,9 +55,9 @@ from .store import (
 # atom, are replaced.
 MIN_ATOM_USAGE = 4
 MAX_COHERENCE = 0.99
-# Candidates for replacement kept per iteration: each chunk sends its worst-represented rows
-# (n_features floats each) to the reduction, so all n_atoms of them would double the data moved
-# per iteration. Atoms beyond this many are replaced in the following iterations.
+# Candidates for replacement kept per iteration: every task returns its worst-represented rows
+# (n_features floats each), and keeping n_atoms of them would double what each task sends.
+# Atoms beyond this many are replaced in the following iterations.
 MIN_CANDIDATES = 256
 
 
@@ -553,7 +553,8 @@ def fit(
     update : {"approx", "ksvd"}, default="approx"
         ``"approx"``: one power step per atom from the iteration's codes, all atoms at once, one
         pass over the data. ``"ksvd"``: exact leading singular pairs of the restricted residuals
-        (textbook K-SVD); the data must fit in memory.
+        (textbook K-SVD); the data must be a NumPy array, or a store or dask array of one
+        chunk.
     atom_batch_size : int, optional
         For ``update="ksvd"``: atoms updated together from the same state (default: all).
         ``1`` is the sequential textbook update.

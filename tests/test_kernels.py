@@ -131,3 +131,21 @@ def test_find_bits_reports_a_missing_value():
     assert _compiled_find_bits(alpha, top) == 1
     assert _compiled_find_bits(alpha, _kernels._shifted_bits(np.float32(3.0))) == -1
     assert _kernels._find_bits(alpha, top) == 1
+
+
+@numba.njit
+def _compiled_update_and_max(alpha, u, step, scale):
+    return _kernels._update_and_max(alpha, u, step, scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_and_max_matches_its_reference(rng, dtype):
+    alpha, u = rng.standard_normal((2, 300)).astype(dtype)
+    step, scale = dtype(0.7), dtype(1.3)
+    expected_alpha, expected_u = alpha.copy(), u.copy()
+    expected_top = _kernels._update_and_max(expected_alpha, expected_u, step, scale)
+    top = _compiled_update_and_max(alpha, u, step, scale)
+    np.testing.assert_allclose(alpha, expected_alpha, rtol=1e-6)
+    np.testing.assert_allclose(u, expected_u, rtol=1e-6)
+    assert _compiled_find_bits(alpha, top) == np.argmax(np.abs(alpha))
+    assert top == expected_top or abs(alpha).max() == pytest.approx(abs(expected_alpha).max())
