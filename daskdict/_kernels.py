@@ -14,9 +14,6 @@ from numba.extending import overload
 # Relative size below which a new atom is treated as linearly dependent on the chosen ones
 # (the Cholesky pivot 1 - w.w); continuing would divide by ~0 and produce huge coefficients.
 _DEPENDENCE_EPS = 1e-6
-# Searching for the position of a known maximum scans blocks of this many entries with a
-# vectorised OR, then the one block that holds it.
-_FIND_BLOCK = 64
 
 # The largest |a| is found as the largest of the float's bits shifted left by one: the shift
 # drops the sign and keeps the order of |a|, and an unsigned integer max vectorises on any x86
@@ -81,19 +78,21 @@ def _find_bits_numba(alpha, top):
     bits_type = _unsigned(alpha.dtype)
 
     def impl(alpha, top):
+        # One pass of a branch-free "smallest index whose bits match": a select and an
+        # unsigned min vectorise, where an early exit or a boolean OR over blocks did not
+        # (measured 15x slower on AVX2).
         bits = alpha.view(bits_type)
         one = bits_type(1)
         n = bits.shape[0]
-        for start in range(0, n, _FIND_BLOCK):
-            stop = min(start + _FIND_BLOCK, n)
-            hit = False
-            for j in range(start, stop):
-                hit |= bits_type(bits[j] << one) == top
-            if hit:
-                for j in range(start, stop):
-                    if bits_type(bits[j] << one) == top:
-                        return j
-        return -1
+        none = bits_type(n)
+        first = none
+        for j in range(n):
+            here = bits_type(j) if bits_type(bits[j] << one) == top else none
+            if here < first:
+                first = here
+        if first < none:
+            return np.int64(first)
+        return np.int64(-1)  # (uint64 and int64 unify to float: keep both branches int64)
 
     return impl
 
@@ -157,13 +156,12 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
     for _ in range(n_nonzero):
         if best_val <= 0.0:
             break
-        # new Cholesky row: solve L w = G[chosen, best]; pivot = G[best, best] - w.w
+        # new Cholesky row w, the solution of L w = G[chosen, best], is w_t = q_t . d_best =
+        # u_t[best]: read from the cached directions, not from scattered entries of the Gram
+        # matrix (one cache miss each). pivot = G[best, best] - w.w
         wsq = 0.0
         for r in range(n_sel):
-            acc = np.float64(gram[idx_out[r], best])
-            for c in range(r):
-                acc -= lower[r, c] * lower[n_sel, c]
-            lower[n_sel, r] = acc / lower[r, r]
+            lower[n_sel, r] = proj[r, best]
             wsq += lower[n_sel, r] * lower[n_sel, r]
         pivot = gram[best, best] - wsq
         if pivot <= _DEPENDENCE_EPS * gram[best, best]:
