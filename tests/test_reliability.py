@@ -290,7 +290,9 @@ def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
 
     def busy_worker():
         for address, keys in client.processing().items():
-            if address in pids and any(str(k).startswith(("_lane_statistics", "_chunk_statistics")) for k in keys):
+            busy = any(str(k).startswith(("_lane_statistics", "_chunk_statistics"))
+                       for k in keys)
+            if address in pids and busy:
                 return address
         return None
 
