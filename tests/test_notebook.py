@@ -1,6 +1,7 @@
-"""The quickstart notebook runs from top to bottom and recovers the planted dictionary.
+"""The notebooks run from top to bottom: quickstart recovers the planted dictionary, the concept
+graph recovers the planted edges.
 
-The notebook is executed with nbclient in a fresh ``python3`` kernel, from a temporary working
+Each notebook is executed with nbclient in a fresh ``python3`` kernel, from a temporary working
 folder and with matplotlib's non-interactive Agg backend; it starts its own two-worker
 LocalCluster. The kernel spec is written by ipykernel for *this* interpreter into a private
 folder put first on ``JUPYTER_PATH``, so a ``python3`` spec of another environment (in the
@@ -17,7 +18,8 @@ nbformat = pytest.importorskip("nbformat", reason="nbformat is needed to run the
 nbclient = pytest.importorskip("nbclient", reason="nbclient is needed to run the notebook")
 pytest.importorskip("ipykernel", reason="ipykernel is needed to run the notebook")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "quickstart.ipynb"
 # The fit recovers 98% of the planted atoms with the notebook's seeds (93-99% over other seeds).
 MIN_RECOVERED = 0.9
 CELL_TIMEOUT = 300
@@ -35,8 +37,9 @@ def _text_outputs(nb) -> str:
     return "\n".join(parts)
 
 
-def test_notebook_is_saved_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_is_saved_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -44,7 +47,8 @@ def test_notebook_is_saved_without_outputs():
             assert cell.execution_count is None, "clear the notebook's outputs before committing"
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+def _execute(path: Path, tmp_path: Path, monkeypatch) -> tuple[str, Path]:
+    """Run a notebook in a fresh kernel of this interpreter; its text output and work folder."""
     from ipykernel.kernelspec import write_kernel_spec
 
     jupyter_dir = tmp_path / "jupyter"
@@ -55,7 +59,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     workdir.mkdir()
     monkeypatch.chdir(workdir)
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(path, as_version=4)
     n_cells = len(nb.cells)
     nb.cells.append(nbformat.v4.new_code_cell(
         "import sys, os; print('kernel python:', sys.executable); print('cwd:', os.getcwd())"))
@@ -68,7 +72,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as exc:  # pragma: no cover - failure path
-        pytest.fail(f"The quickstart notebook failed:\n{exc}")
+        pytest.fail(f"The notebook {path.name} failed:\n{exc}")
 
     errors = [out for cell in nb.cells for out in cell.get("outputs", [])
               if out.get("output_type") == "error"]
@@ -77,8 +81,11 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     check = "".join(out.get("text", "") for out in nb.cells[n_cells].outputs)
     assert f"kernel python: {sys.executable}" in check, check
     assert f"cwd: {workdir}" in check, check
+    return _text_outputs(nb), workdir
 
-    text = _text_outputs(nb)
+
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    text, workdir = _execute(NOTEBOOK, tmp_path, monkeypatch)
     match = re.search(r"^recovered: ([0-9.]+)$", text, flags=re.MULTILINE)
     assert match, f"no 'recovered: …' line in the notebook's output:\n{text}"
     assert float(match.group(1)) >= MIN_RECOVERED, text
@@ -87,3 +94,19 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     # the notebook writes only into its own temporary folder, which it removes
     assert list(workdir.iterdir()) == []
 
+
+
+def test_concept_graph_notebook_runs(tmp_path, monkeypatch):
+    text, workdir = _execute(NOTEBOOKS / "concept_graph.ipynb", tmp_path, monkeypatch)
+    match = re.search(r"edge precision ([0-9.]+)  recall ([0-9.]+)  median AUC of driven "
+                      r"concepts ([0-9.]+)", text)
+    assert match, f"no edge scores in the notebook's output:\n{text}"
+    precision, recall, auc = map(float, match.groups())
+    assert precision >= 0.9 and recall >= 0.9 and auc >= 0.95, text
+    for mode in ("argmax", "sample"):
+        assert re.search(rf"^{mode}: last layer from the first, median AUC 0\.\d+", text,
+                         flags=re.MULTILINE), text
+    # switching on a concept with a planted child changes something downstream
+    match = re.search(r"^concepts changed downstream: (\d+)$", text, flags=re.MULTILINE)
+    assert match and int(match.group(1)) >= 1, text
+    assert list(workdir.iterdir()) == []
