@@ -7,6 +7,9 @@ An embedding store is a Zarr v3 group (DESIGN.md §2)::
       layers/<name>        float32 (N, d_layer), chunked by rows
       items/id             (N,) string or int64
       items/caption        (N,) string (optional)
+      items/error          (N,) string (optional; written by ``embed``: why an item could not
+                           be read, empty when it was; such rows are zeros, and ``fit`` skips
+                           them)
 
 :func:`as_dask_array` turns every input that ``fit`` and ``encode`` accept (a path to a Zarr
 array, a path to a store plus ``layer``, a ``zarr.Array``, a dask array, a NumPy array) into a
@@ -369,6 +372,64 @@ def _zarr_rows(array: zarr.Array) -> tuple[da.Array, _CheckedZarrRows]:
                          meta=np.empty((0, 0), dtype=array.dtype)), reader
 
 
+def flagged_rows(group: zarr.Group) -> np.ndarray:
+    """Sorted indices of the rows that ``items/error`` flags (non-empty messages)."""
+    if "items/error" not in group:
+        return np.empty(0, dtype=np.int64)
+    errors = np.asarray(group["items/error"][...])
+    return np.flatnonzero(errors != "").astype(np.int64)
+
+
+class _KeptRows:
+    """Array-like over the rows of ``rows`` not listed in ``flagged`` (sorted indices).
+
+    ``self[a:b]`` reads the stored rows from the one holding kept row ``a`` to the one holding
+    kept row ``b - 1`` and drops the flagged ones among them.
+    """
+
+    def __init__(self, rows, flagged: np.ndarray):
+        self.rows = rows
+        self.flagged = flagged
+        # kept rows that come before each flagged row
+        self._kept_before = flagged - np.arange(flagged.size)
+        self.shape = (rows.shape[0] - flagged.size, rows.shape[1])
+        self.dtype = rows.dtype
+        self.ndim = 2
+
+    def stored_index(self, kept: int) -> int:
+        """Row of the stored array that holds kept row ``kept``."""
+        return int(kept + np.searchsorted(self._kept_before, kept, side="right"))
+
+    def __getitem__(self, key):
+        rows, columns = key if isinstance(key, tuple) else (key, slice(None))
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("only contiguous row ranges can be read")
+        if stop <= start:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)[:, columns]
+        first, last = self.stored_index(start), self.stored_index(stop - 1)
+        block = self.rows[first:last + 1]
+        inside = self.flagged[(self.flagged >= first) & (self.flagged <= last)]
+        return np.delete(block, inside - first, axis=0)[:, columns]
+
+
+def _kept_rows(array: zarr.Array, flagged: np.ndarray) -> tuple[da.Array, _KeptRows]:
+    """The unflagged rows of ``array``: a dask array (a block per stored chunk) and a reader."""
+    if flagged.size == array.shape[0]:
+        raise InvalidInputError(
+            f"All {array.shape[0]} rows of {array.store_path} are flagged in items/error "
+            "(images that could not be read): there is nothing to fit."
+        )
+    _, stored = _zarr_rows(array)  # checks for missing chunks
+    reader = _KeptRows(stored, flagged)
+    bounds = np.append(np.arange(0, array.shape[0], array.chunks[0]), array.shape[0])
+    kept_bounds = bounds - np.searchsorted(flagged, bounds, side="left")
+    chunks = tuple(int(c) for c in np.diff(kept_bounds) if c > 0)
+    return da.from_array(reader, chunks=(chunks, array.shape[1]), asarray=True, lock=False,
+                         name=f"daskdict-read-{uuid.uuid4().hex}",
+                         meta=np.empty((0, 0), dtype=array.dtype)), reader
+
+
 def _check_matrix(array, what: str) -> None:
     if array.ndim != 2:
         raise InvalidInputError(
@@ -392,7 +453,8 @@ def as_dask_array(source: Any, layer: str | None = None) -> tuple[da.Array, dict
     return array, description
 
 
-def open_rows(source: Any, layer: str | None = None) -> tuple[da.Array, dict, Any]:
+def open_rows(source: Any, layer: str | None = None,
+              skip_flagged: bool = False) -> tuple[da.Array, dict, Any]:
     """Turn any supported source into a row-chunked dask array, and a reader of row ranges.
 
     Parameters
@@ -402,13 +464,17 @@ def open_rows(source: Any, layer: str | None = None) -> tuple[da.Array, dict, An
         group, a dask array or a NumPy array of shape (n_samples, n_features).
     layer : str, optional
         The layer to read from a store; default ``"final"`` or the store's only layer.
+    skip_flagged : bool, default=False
+        Leave out the rows of a store that ``items/error`` flags (images ``embed`` could not
+        read, stored as zeros).
 
     Returns
     -------
     array : dask.array.Array of shape (n_samples, n_features)
         One block spans all features.
     description : dict
-        ``kind``, ``path`` and ``layer`` of the source (JSON-ready), for fingerprints.
+        ``kind``, ``path`` and ``layer`` of the source (JSON-ready), for fingerprints; with
+        ``skipped_rows`` when flagged rows were left out.
     reader : array-like or None
         For Zarr and NumPy sources, an object whose ``reader[start:stop]`` returns those rows
         as an ndarray (cheap to send to workers, so a task can read its own rows); None for a
@@ -429,6 +495,12 @@ def open_rows(source: Any, layer: str | None = None) -> tuple[da.Array, dict, An
         store = EmbeddingStore(path=Path(str(source.store_path)), group=source)
         array = store.layer_array(layer)
         description.update(layer=array.basename)
+        flagged = flagged_rows(source) if skip_flagged else np.empty(0, dtype=np.int64)
+        if flagged.size:
+            _check_matrix(array, f"the Zarr array {array.store_path}")
+            data, reader = _kept_rows(array, flagged)
+            description["skipped_rows"] = int(flagged.size)
+            return data, description, reader
         source = array
     elif layer is not None and not isinstance(source, zarr.Array):
         raise InvalidInputError(f"layer={layer!r} applies to an embedding store only.")
