@@ -528,6 +528,7 @@ def fit(
     random_state: int | np.random.Generator | None = None,
     client: Any = None,
     checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
     progress: bool = True,
 ):
     """Learn a K-SVD dictionary out of core.
@@ -537,6 +538,8 @@ def fit(
     source : str, path-like, zarr.Array, zarr.Group, dask array or ndarray
         Data of shape (n_samples, n_features): a path to a Zarr array, a path to an embedding
         store (see ``layer``), a Zarr array, a dask array chunked along rows, or a NumPy array.
+        Rows of a store flagged in ``items/error`` (images ``embed`` could not read) are left
+        out.
     n_atoms : int, optional
         Number of atoms; default ``4 * n_features`` (the seed's overcompleteness).
     n_nonzero : int, default=10
@@ -568,12 +571,17 @@ def fit(
         Precision of the computation and the atoms.
     random_state : int, Generator or None
         Makes the fit reproducible.
-    client : distributed.Client, "local", "threads", "sync" or None
+    client : distributed.Client, a Dask cluster, "local", "threads", "sync" or None
         Where to compute; None starts a LocalCluster (closed afterwards) except for NumPy input,
-        which is computed in this process.
+        which is computed in this process. For SLURM, PBS and other batch systems pass a
+        cluster from :func:`daskdict.cluster`.
     checkpoint : str or path-like, optional
         Zarr group where the state is saved atomically after every iteration. If it already
-        holds the state of the same fit, the fit resumes after its last finished iteration.
+        holds the state of the same fit, the fit resumes after its last finished iteration
+        (e.g. after the batch job running the fit hit its walltime).
+    resume : bool, default=True
+        Resume from ``checkpoint`` when it holds a finished iteration; False starts over and
+        overwrites it.
     progress : bool, default=True
         Show a progress bar with the error (and the dashboard link of a started cluster).
 
@@ -586,7 +594,7 @@ def fit(
     """
     from .model import Dictionary
 
-    data, description, reader = open_rows(source, layer)
+    data, description, reader = open_rows(source, layer, skip_flagged=True)
     n_samples, n_features = data.shape
     params = validate_params(4 * n_features if n_atoms is None else n_atoms, n_nonzero, n_iter,
                              coder, tol, update, atom_batch_size, shuffle_atoms, replace_atoms,
@@ -599,7 +607,7 @@ def fit(
         )
     checkpoint_path = check_writable(checkpoint) if checkpoint is not None else None
     seed = base_seed(random_state)
-    state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    state = load_checkpoint(checkpoint_path) if checkpoint_path is not None and resume else None
     if state is not None:
         # n_iter may grow: a finished fit can be continued with more iterations
         saved = {k: v for k, v in state["params"].items() if k != "n_iter"}
@@ -632,19 +640,24 @@ def fit(
         else:
             atoms = state["atoms"].astype(params.dtype)
             history = list(state["history"])
+        # The rows are cut into as many shares as the cluster has worker threads now, and
+        # kept so for the whole fit (and its resumption): a worker lost or added later changes
+        # where shares run, not how the statistics are summed, so the atoms stay the same.
+        n_lanes = int(state.get("n_lanes", 0)) if state is not None else 0
+        n_lanes = n_lanes or len(rt.lanes())
         bar = _progress_bar(params.n_iter, len(history), progress)
         try:
             for iteration in range(len(history) + 1, params.n_iter + 1):
                 atoms, record = _iterate(data, reader, atoms, params, rt,
                                          iteration_rng(seed, iteration), n_rows, n_zero_rows,
-                                         n_features)
+                                         n_features, n_lanes)
                 record["iteration"] = iteration
                 history.append(record)
                 if checkpoint_path is not None:
                     save_checkpoint(checkpoint_path, {
                         "atoms": atoms, "history": history, "seed": seed,
                         "params": params.to_dict(), "fingerprint": fingerprint,
-                        "version": __version__})
+                        "n_lanes": n_lanes, "version": __version__})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(rel_err=f"{record['relative_error']:.4f}",
@@ -686,12 +699,12 @@ def _validate_data(data, rt: Runtime) -> tuple[int, int, int]:
 
 
 def _iterate(data, reader, atoms, params: FitParams, rt: Runtime, rng, n_rows, n_zero_rows,
-             n_features):
+             n_features, n_lanes):
     """One K-SVD iteration: a single graph over the chunks, then the atom update here.
 
     With a ``reader`` (Zarr or NumPy data) each worker thread gets one task over an equal share
     of the rows and reads them itself; otherwise one task per block of the dask array, reduced
-    by a tree.
+    by a tree. ``n_lanes`` shares are spread over the workers present, in turn.
     """
     start = time.perf_counter()
     dtype = np.dtype(params.dtype)
@@ -711,7 +724,8 @@ def _iterate(data, reader, atoms, params: FitParams, rt: Runtime, rng, n_rows, n
             n_worst, order, params.atom_batch_size or params.n_atoms)
         stats, new_atoms = rt.compute(task)[0]
     elif reader is not None:
-        lanes = rt.lanes()
+        workers = rt.lanes()
+        lanes = [workers[i % len(workers)] for i in range(n_lanes)]
         shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
         parts = []
         for worker, pieces in zip(lanes, lane_pieces(data.chunks[0], len(lanes)), strict=False):

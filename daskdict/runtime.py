@@ -108,6 +108,27 @@ class Runtime:
         return f"in process ({self.scheduler} scheduler)"
 
 
+def local_cluster(n_workers: int | None = None, memory_limit: str | int | None = "auto",
+                  quiet: bool = True):
+    """A LocalCluster as daskdict uses it: one single-threaded worker process per core.
+
+    Services bind to localhost only; the dashboard takes a free port. ``quiet`` silences the
+    workers' logs: a bad-input error raised in a task reaches the caller as one clear
+    exception, and the workers need not also log its traceback.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                        memory_limit=memory_limit,
+                        silence_logs=logging.ERROR if quiet else logging.WARNING)
+
+
+def _is_cluster(value: Any) -> bool:
+    """A Dask cluster object (LocalCluster, a dask-jobqueue cluster, ...), not a Client."""
+    return hasattr(value, "scheduler_address") and not hasattr(value, "submit")
+
+
 @contextlib.contextmanager
 def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True,
             n_workers: int | None = None, memory_limit: str | int | None = "auto"
@@ -116,10 +137,11 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
 
     Parameters
     ----------
-    client : distributed.Client, "local", "threads", "sync" or None
+    client : distributed.Client, a Dask cluster, "local", "threads", "sync" or None
         ``None`` chooses: data already in this process's memory (a NumPy array) is computed in
         process with threads, since sending it to worker processes would only copy it; anything
-        else gets a LocalCluster. ``"local"`` always starts a LocalCluster.
+        else gets a LocalCluster. ``"local"`` always starts a LocalCluster. A cluster object
+        (e.g. from :func:`daskdict.cluster`) is connected to and left running.
     in_memory : bool
         Whether the data is a NumPy array in this process.
     verbose : bool
@@ -129,32 +151,32 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
     """
     if client is None:
         client = "threads" if in_memory else "local"
+    started = None  # a cluster started here, closed here
     if isinstance(client, str):
         if client in IN_PROCESS:
             yield Runtime(scheduler=client)
             return
         if client != "local":
             raise ValueError(
-                f"Expected client to be a distributed.Client, 'local', 'threads' or 'sync'. "
-                f"Got {client!r}."
+                f"Expected client to be a distributed.Client, a Dask cluster, 'local', "
+                f"'threads' or 'sync'. Got {client!r}. (For an HPC cluster, pass "
+                f"daskdict.cluster({client!r}, jobs=...).)"
             )
-        from distributed import Client, LocalCluster
+        client = started = local_cluster(n_workers, memory_limit)
+    if _is_cluster(client):
+        from distributed import Client
 
-        # Services bind to localhost only; the dashboard takes a free port.
-        # silence_logs: a bad-input error raised in a task reaches the caller as one clear
-        # exception; the workers need not also log its traceback
-        cluster = LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=1,
-                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                               memory_limit=memory_limit, silence_logs=logging.ERROR)
-        started = Client(cluster)
+        connected = Client(client)
         try:
             if verbose:
-                print(f"daskdict: LocalCluster with {len(cluster.workers)} workers, dashboard "
-                      f"{started.dashboard_link}", file=sys.stderr)
-            yield Runtime(client=started)
+                print(f"daskdict: {type(client).__name__} with "
+                      f"{len(connected.scheduler_info(n_workers=-1)['workers'])} workers, "
+                      f"dashboard {connected.dashboard_link}", file=sys.stderr)
+            yield Runtime(client=connected)
         finally:
-            started.close()
-            cluster.close()
+            connected.close()
+            if started is not None:
+                started.close()
         return
     if verbose:
         print(f"daskdict: using {client.dashboard_link}", file=sys.stderr)

@@ -1,5 +1,9 @@
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+import zarr
 
 
 @pytest.fixture
@@ -18,3 +22,22 @@ def dense_codes(indices, values, n_atoms):
         keep = idx >= 0
         out[i, idx[keep]] = val[keep]
     return out
+
+
+def checkpoint_history(path: Path) -> list[dict] | None:
+    """The history stored in a checkpoint, read with zarr directly (None if there is none)."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        return list(group.attrs["daskdict_checkpoint"]["history"])
+    except Exception:  # not there yet, or being swapped in
+        return None
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")

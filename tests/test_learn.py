@@ -8,6 +8,7 @@ from conftest import unit_rows
 from sklearn.linear_model import orthogonal_mp_gram
 
 import daskdict
+from daskdict import learn, runtime
 from daskdict.datasets import make_planted
 from daskdict.evaluate import recovered_fraction
 
@@ -230,3 +231,23 @@ def test_planted_noise_has_the_requested_snr(snr_db):
     noise = noisy.data - clean.data
     measured = 20 * np.log10(np.linalg.norm(clean.data) / np.linalg.norm(noise))
     assert measured == pytest.approx(snr_db, abs=1e-6)
+
+
+def test_shares_are_fixed_for_the_fit_and_its_resumption(tmp_path):
+    """A fit resumed on fewer worker threads cuts the rows as the first run did (the count is
+    in the checkpoint), so the statistics are summed in the same order: identical atoms."""
+    from daskdict.datasets import write_planted_store
+
+    path = tmp_path / "planted.zarr"
+    write_planted_store(path, 4000, 24, 48, 3, random_state=0, chunk_rows=500)
+    kw = dict(n_atoms=48, n_nonzero=3, random_state=0, progress=False)
+    whole = daskdict.fit(path, n_iter=4, client="threads", **kw)
+    ck = tmp_path / "ck.zarr"
+    daskdict.fit(path, n_iter=2, client="threads", checkpoint=ck, **kw)
+    state = learn.load_checkpoint(ck)
+    assert state["n_lanes"] == len(runtime.Runtime(scheduler="threads").lanes())
+    resumed = daskdict.fit(path, n_iter=4, client="sync", checkpoint=ck, **kw)  # one thread
+    np.testing.assert_array_equal(resumed.atoms, whole.atoms)
+    # resume=False starts over (and overwrites the checkpoint)
+    fresh = daskdict.fit(path, n_iter=1, client="sync", checkpoint=ck, resume=False, **kw)
+    assert len(fresh.history) == 1 and len(learn.load_checkpoint(ck)["history"]) == 1

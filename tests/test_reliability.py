@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import checkpoint_history, wait_for
 
 import daskdict
 import daskdict.learn as learn
@@ -41,25 +41,6 @@ def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, by relative path."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def checkpoint_history(path: Path) -> list[dict] | None:
-    """The history stored in a checkpoint, read with zarr directly (None if there is none)."""
-    try:
-        group = zarr.open_group(path, mode="r")
-        return list(group.attrs["daskdict_checkpoint"]["history"])
-    except Exception:  # not there yet, or being swapped in
-        return None
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def run_script(*args, timeout=120, **kw) -> subprocess.CompletedProcess:
