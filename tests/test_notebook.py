@@ -110,3 +110,16 @@ def test_concept_graph_notebook_runs(tmp_path, monkeypatch):
     match = re.search(r"^concepts changed downstream: (\d+)$", text, flags=re.MULTILINE)
     assert match and int(match.group(1)) >= 1, text
     assert list(workdir.iterdir()) == []
+
+
+def test_embed_notebook_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers", reason="the embed notebook needs the embed extra")
+    text, workdir = _execute(NOTEBOOKS / "embed.ipynb", tmp_path, monkeypatch)
+    assert "embedded 61 images (1 unreadable)" in text, text
+    assert "damaged.jpg -> UnidentifiedImageError" in text, text
+    assert "trained on 60 rows (1 flagged row skipped)" in text, text
+    match = re.search(r"^relative error: ([0-9.]+)$", text, flags=re.MULTILINE)
+    assert match and float(match.group(1)) < 1, text
+    assert re.search(r"^atom +\d+: +\d+ images, mostly 'a (red|green|blue) (circle|square)'",
+                     text, flags=re.MULTILINE), text
+    assert list(workdir.iterdir()) == []
