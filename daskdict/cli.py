@@ -129,6 +129,14 @@ def _cmd_report(args) -> int:
     check_writable(args.out)
     if args.model is None and args.codes is None:
         raise InvalidInputError("Give --model DICTIONARY (to encode the store) or --codes CODES.")
+    graph = None
+    if args.graph:
+        from .graph import ConceptGraph
+
+        if args.graph_layer is None:
+            raise InvalidInputError("--graph needs --graph-layer: the graph layer of the "
+                                    "explained concepts (0 = the graph's first layer).")
+        graph = ConceptGraph.load(args.graph)
     model = Dictionary.load(args.model) if args.model else None
     if args.codes:
         codes = Codes.load(args.codes)
@@ -159,7 +167,8 @@ def _cmd_report(args) -> int:
                                layer=args.layer, **options)
     table = Path(f"{Path(args.out).with_suffix('')}.explanations.json")
     explanations.to_json(table)
-    report = write_report(args.out, explanations, codes=codes, model=model,
+    report = write_report(args.out, explanations, codes=codes, model=model, graph=graph,
+                          graph_layer=args.graph_layer,
                           title=args.title or f"daskdict concepts of {args.store}")
     print(json.dumps({"out": str(report), "explanations": str(table),
                       "n_atoms": len(explanations), "method": explanations.meta.get("method")}))
@@ -332,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=int, default=5, help="themes per concept (default 5)")
     p.add_argument("--layer", default=None)
     p.add_argument("--title", default=None)
+    p.add_argument("--graph", default=None,
+                   help="a concept graph saved by 'daskdict graph': adds each concept's parents "
+                   "and children")
+    p.add_argument("--graph-layer", type=int, default=None,
+                   help="with --graph: the graph layer of these concepts")
     p.add_argument("--in-process", action="store_true", help="no cluster: threads here")
     p.set_defaults(func=_cmd_report)
 

@@ -165,6 +165,7 @@ img.figure { max-width: 48%; }
 
 def write_report(path: str | os.PathLike, explanations, *, codes=None,
                  images: Sequence | Callable | None = None, model=None, scores=None,
+                 graph=None, graph_layer: int | None = None,
                  title: str = "daskdict concepts", n_thumbnails: int = 8,
                  n_captions: int = 5) -> Path:
     """Write a static, offline HTML report of every atom.
@@ -182,6 +183,13 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
         Adds the training curve.
     scores : AutoInterpScores, optional
         Adds the auto-interpretability summary and histogram.
+    graph : ConceptGraph, optional
+        A fitted concept graph (seed 001) in which the explained atoms are the concepts of
+        layer ``graph_layer``: each atom gains its parents in the layer before (with the
+        final model's weight and its held-out AUC) and its children in the layer after, and
+        the report gains the graph's figures (parents per concept, ROC curves).
+    graph_layer : int, optional
+        The graph layer of the explained atoms (required with ``graph``).
     n_thumbnails, n_captions : int
         Per atom.
 
@@ -191,6 +199,7 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
     """
     path = Path(path)
     activations = _activations_by_atom(codes) if codes is not None else {}
+    links = _graph_links(graph, graph_layer) if graph is not None else None
     rows_html = []
     for row in explanations:
         atom = row["atom"]
@@ -218,8 +227,14 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
             f"<td>{html.escape(label)}</td><td>{row['n_active']} "
             f'<span class="muted">({100 * row["frequency"]:.2f}%)</span></td>'
             f"<td>{score_text}</td><td>{themes}<div>{html.escape(row['summary'])}</div></td>"
-            f'<td class="thumbs">{thumbs}</td><td>{captions}</td><td>{histogram}</td></tr>')
+            f'<td class="thumbs">{thumbs}</td><td>{captions}</td><td>{histogram}</td>'
+            + (f"<td>{links.get(atom, '')}</td>" if links is not None else "") + "</tr>")
     figures = []
+    if graph is not None and graph_layer >= 1:  # layer 0 has no parents
+        figures.append(("concept graph: parents per concept",
+                        figure_uri(_figure_of(graph.plot_parents(graph_layer)))))
+        figures.append(("concept graph: ROC curves",
+                        figure_uri(_figure_of(graph.plot_roc(graph_layer)))))
     if model is not None and getattr(model, "history", None):
         figures.append(("training curve", figure_uri(plot_training_curve(model))))
     summary = ""
@@ -250,7 +265,7 @@ Click <i>active items</i> or <i>score</i> to sort. <span class="muted">{meta}</s
 {summary}{figure_html}
 <table id="atoms"><thead><tr><th>concept</th><th data-key="frequency">active items</th>
 <th data-key="score">score</th><th>themes</th><th>top items</th><th>captions</th>
-<th>activations</th></tr></thead>
+<th>activations</th>{"<th>concept graph</th>" if links is not None else ""}</tr></thead>
 <tbody>
 {"".join(rows_html)}
 </tbody></table>
@@ -260,6 +275,44 @@ Click <i>active items</i> or <i>score</i> to sort. <span class="muted">{meta}</s
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document, encoding="utf-8")
     return path
+
+
+def _figure_of(plotted):
+    """The matplotlib Figure behind what a plotting method returned (an Axes or a Figure)."""
+    return plotted.get_figure() if hasattr(plotted, "get_figure") else plotted
+
+
+def _graph_links(graph, layer: int | None) -> dict[int, str]:
+    """Per concept of ``layer``, HTML naming its parents (layer - 1) and children (layer + 1)."""
+    from .errors import InvalidInputError
+
+    n_layers = len(graph.n_concepts_)
+    if not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise InvalidInputError(
+            f"Expected graph_layer to be the graph layer of the explained atoms, 0 … "
+            f"{n_layers - 1}. Got {layer!r}.")
+    cells: dict[int, list[str]] = {c: [] for c in range(graph.n_concepts_[layer])}
+    if layer >= 1:
+        weights = graph.weights_[layer].tocsc()
+        in_layer = np.asarray(graph.metrics_["layer"]) == layer
+        auc = np.full(graph.n_concepts_[layer], np.nan)
+        auc[np.asarray(graph.metrics_["concept"])[in_layer]] = np.asarray(
+            graph.metrics_["auc"], dtype=float)[in_layer]
+        for concept in cells:
+            column = weights[:, concept]
+            parents = ", ".join(f"{p} ({w:+.2f})" for p, w in
+                                zip(column.indices, column.data, strict=True))
+            score = "" if np.isnan(auc[concept]) else f", AUC {auc[concept]:.3f}"
+            cells[concept].append(f"<div>parents in layer {layer - 1}: "
+                                  f"{parents or '<i>none</i>'}{score}</div>")
+    if layer + 1 < n_layers:
+        weights = graph.weights_[layer + 1].tocsr()
+        for concept in cells:
+            row = weights[concept]
+            children = ", ".join(map(str, row.indices))
+            cells[concept].append(f"<div>children in layer {layer + 1}: "
+                                  f"{children or '<i>none</i>'}</div>")
+    return {concept: "".join(parts) for concept, parts in cells.items()}
 
 
 def _activations_by_atom(codes) -> dict:

@@ -1,5 +1,6 @@
 """Auto-interpretability with a tiny random CLIP, pictures, and the HTML report in Chromium."""
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -201,3 +202,34 @@ def test_report_renders_in_headless_chromium_sorts_and_stays_offline(planted, tm
         assert (tmp_path / "report.png").stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_report_gains_a_concept_graph_view(tmp_path):
+    """Explained atoms that are concepts of a graph layer list their parents and children."""
+    from daskdict.explain import Explanations
+    from daskdict.graph import ConceptGraph
+    from daskdict.graph_datasets import make_planted_graph
+
+    planted = make_planted_graph(3000, (30, 30, 30), 3, random_state=0)
+    graph = ConceptGraph(binarize_inputs=True, random_state=0, n_models=8).fit(planted.codes)
+    n_concepts = graph.n_concepts_[1]
+    rows = [{"atom": c, "n_active": 1, "frequency": 0.1, "themes": [f"concept {c}"],
+             "summary": "", "score": float("nan"), "status": "ok", "top_items": [],
+             "top_rows": [], "top_captions": []} for c in range(n_concepts)]
+    explanations = Explanations(rows, {"method": "keywords"})
+    path = write_report(tmp_path / "graph.html", explanations, graph=graph, graph_layer=1)
+    page = path.read_text()
+    assert "<th>concept graph</th>" in page and 'alt="concept graph: ROC curves"' in page
+    # a driven concept names its planted parent, and the parent of a next-layer concept names
+    # that child
+    _, parent, child = min(e for e in planted.edges() if e[0] == 1)
+    row = page[page.index(f'data-atom="{child}"'):]
+    row = row[:row.index("</tr>")]
+    assert re.search(rf"parents in layer 0: [^<]*\b{parent} \([+-]", row), row
+    later = [(p, c) for lay, p, c in planted.edges() if lay == 2]
+    source, target = later[0]
+    row = page[page.index(f'data-atom="{source}"'):]
+    row = row[:row.index("</tr>")]
+    assert re.search(rf"children in layer 2: [^<]*\b{target}\b", row), row
+    with pytest.raises(daskdict.InvalidInputError, match="graph_layer"):
+        write_report(tmp_path / "bad.html", explanations, graph=graph, graph_layer=7)
