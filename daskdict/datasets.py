@@ -83,6 +83,25 @@ def make_planted(n_samples: int = 1500, n_features: int = 20, n_atoms: int = 50,
     return Planted(data, atoms, indices, values)
 
 
+def _planted_blocks(n_samples, n_features, n_atoms, n_nonzero, snr_db, random_state,
+                    chunk_rows):
+    """The planted atoms, the block sizes, the delayed blocks and the generator after them.
+
+    Each block is ``(data, indices, values)``; the same arguments give the same blocks.
+    """
+    rng = np.random.default_rng(random_state)
+    atoms = planted_atoms(n_atoms, n_features, rng)
+    rows = chunk_rows or default_chunk_rows(n_features)
+    sizes = [min(rows, n_samples - start) for start in range(0, n_samples, rows)]
+    seeds = rng.integers(2**63, size=len(sizes))
+    # the noise level is fixed from the expected signal power, so every block has the same SNR
+    noise_scale = np.sqrt(n_nonzero / n_features) / 10 ** (snr_db / 20)
+    blocks = [dask.delayed(_planted_block)(atoms, size, n_nonzero, noise_scale, snr_db, seed,
+                                           np.float32)
+              for size, seed in zip(sizes, seeds, strict=True)]
+    return atoms, rows, sizes, blocks, rng
+
+
 def write_planted_store(path: str | os.PathLike, n_samples: int, n_features: int = 768,
                         n_atoms: int = 3072, n_nonzero: int = 10, snr_db: float = 20.0, *,
                         random_state=None, chunk_rows: int | None = None,
@@ -98,16 +117,8 @@ def write_planted_store(path: str | os.PathLike, n_samples: int, n_features: int
     store : EmbeddingStore
     atoms : ndarray of shape (n_atoms, n_features)
     """
-    rng = np.random.default_rng(random_state)
-    atoms = planted_atoms(n_atoms, n_features, rng)
-    rows = chunk_rows or default_chunk_rows(n_features)
-    sizes = [min(rows, n_samples - start) for start in range(0, n_samples, rows)]
-    seeds = rng.integers(2**63, size=len(sizes))
-    # the noise level is fixed from the expected signal power, so every block has the same SNR
-    noise_scale = np.sqrt(n_nonzero / n_features) / 10 ** (snr_db / 20)
-    blocks = [dask.delayed(_planted_block)(atoms, size, n_nonzero, noise_scale, snr_db, seed,
-                                           np.float32)
-              for size, seed in zip(sizes, seeds, strict=True)]
+    atoms, rows, sizes, blocks, _ = _planted_blocks(n_samples, n_features, n_atoms, n_nonzero,
+                                                    snr_db, random_state, chunk_rows)
     data = da.concatenate([da.from_delayed(b[0], (size, n_features), np.float32)
                            for b, size in zip(blocks, sizes, strict=True)])
     caption_list = None
@@ -247,16 +258,9 @@ def write_named_planted_store(path: str | os.PathLike, n_samples: int, n_feature
     _, atoms = write_planted_store(path, n_samples, n_features, n_atoms, n_nonzero, snr_db,
                                    random_state=random_state, chunk_rows=chunk_rows,
                                    overwrite=overwrite, scheduler=scheduler)
-    # replay the generator of write_planted_store to get the planted supports back
-    rng = np.random.default_rng(random_state)
-    planted_atoms(n_atoms, n_features, rng)
-    rows = chunk_rows or default_chunk_rows(n_features)
-    sizes = [min(rows, n_samples - start) for start in range(0, n_samples, rows)]
-    seeds = rng.integers(2**63, size=len(sizes))
-    noise_scale = np.sqrt(n_nonzero / n_features) / 10 ** (snr_db / 20)
-    blocks = [dask.delayed(_planted_block)(atoms, size, n_nonzero, noise_scale, snr_db, seed,
-                                           np.float32)
-              for size, seed in zip(sizes, seeds, strict=True)]
+    # the same blocks again, for the planted supports
+    _, _, _, blocks, rng = _planted_blocks(n_samples, n_features, n_atoms, n_nonzero, snr_db,
+                                           random_state, chunk_rows)
     parts = dask.compute(*[(b[1], b[2]) for b in blocks], scheduler=scheduler)
     indices = np.concatenate([p[0] for p in parts])
     values = np.concatenate([p[1] for p in parts]).astype(np.float32)

@@ -261,20 +261,24 @@ def lane_pieces(chunk_rows: tuple[int, ...], n_lanes: int) -> list[list[tuple[in
     return lanes
 
 
-def _lane_statistics(reader, pieces, atoms, n_nonzero, tol, coder, n_worst):
+def _lane_statistics(reader, pieces, atoms, n_nonzero, tol, coder, n_worst, timings=None):
     """Statistics of the rows of ``pieces``, read here from ``reader`` one range at a time.
 
     One task per worker thread instead of one per chunk: the statistics (n_atoms x n_features)
     leave the worker once per iteration, not once per chunk, and the shares are equal. Each
     lane computes the Gram matrix itself, in parallel, rather than waiting for one task to make
-    it and then receiving it.
+    it and then receiving it. ``timings``, a list, receives the seconds of each piece (for
+    :func:`daskdict.plan`).
     """
     gram = gram_matrix(atoms)
     total = None
     for start, stop in pieces:
+        begin = time.perf_counter()
         stats = _chunk_statistics(reader[start:stop], atoms, gram, n_nonzero, tol, coder, n_worst)
         total = _accumulate(total, stats, n_worst)
         release_memory()
+        if timings is not None:
+            timings.append(time.perf_counter() - begin)
     return total
 
 

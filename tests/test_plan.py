@@ -48,7 +48,7 @@ def test_plan_from_a_store_and_round_trip(tmp_path):
     result = daskdict.plan(path, n_samples=50_000, n_atoms=48, n_nonzero=3, n_workers=1,
                            calibration_rows=1500, client="threads")
     assert result.n_features == 24 and result.chunk_rows == 700
-    assert result.calibration["rows"] == 1500
+    assert result.calibration["rows"] == 2100  # rounded up to whole chunks of 700 rows
     saved = json.loads(result.save(tmp_path / "plan.json").read_text())
     assert saved["seconds_per_iteration"] == pytest.approx(result.seconds_per_iteration)
     assert saved["calibration"]["t_row"] == pytest.approx(result.calibration["t_row"])
