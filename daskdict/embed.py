@@ -40,7 +40,6 @@ recorded in ``items/error`` (the message; empty for good items) and their rows a
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -60,12 +59,11 @@ from .store import (
     FORMAT_VERSION,
     EmbeddingStore,
     _write_vector,
-    atomic_replace,
+    atomic_group,
     check_writable,
     default_chunk_rows,
     open_store,
     recover_replaced,
-    temporary_sibling,
 )
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -394,9 +392,7 @@ def _create(path: Path, items: ImageItems, meta: dict, widths: dict[str, int],
             chunk_rows: int) -> zarr.Group:
     """Write the empty store (arrays, ids, captions, attributes) and swap it into place."""
     n_items = len(items)
-    tmp = temporary_sibling(path)
-    try:
-        group = zarr.open_group(tmp, mode="w")
+    with atomic_group(path) as group:
         for name, width in widths.items():
             group.create_array(f"layers/{name}", shape=(n_items, width), dtype=np.float32,
                                chunks=(chunk_rows, width), compressors=[Crc32cCodec()],
@@ -410,9 +406,6 @@ def _create(path: Path, items: ImageItems, meta: dict, widths: dict[str, int],
         group.create_array("items/error", shape=(n_items,), dtype=str, chunks=(chunk_rows,),
                            config={"write_empty_chunks": True})
         group.attrs["daskdict"] = meta
-        atomic_replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return zarr.open_group(path, mode="r+")
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import zlib
@@ -69,11 +68,10 @@ from .errors import CheckpointMismatchError, InvalidInputError, StoreNotFoundErr
 from .learn import base_seed
 from .runtime import runtime
 from .store import (
-    atomic_replace,
+    atomic_group,
     check_writable,
     open_store,
     recover_replaced,
-    temporary_sibling,
 )
 
 FORMAT_VERSION = 1
@@ -193,14 +191,9 @@ def _read_checkpoint(checkpoint: Path, n_layers: int) -> dict[int, zarr.Group]:
 
 
 def _write_pair(path: Path, result: PairResult, attrs: dict) -> None:
-    tmp = temporary_sibling(path)
-    try:
-        group = zarr.open_group(tmp, mode="w")
+    with atomic_group(path) as group:
         result.write(group)
         group.attrs["daskdict"] = attrs
-        atomic_replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- tables
@@ -776,9 +769,7 @@ class ConceptGraph(BaseEstimator):
         """
         check_is_fitted(self, "metrics_")
         path = check_writable(path)
-        tmp = temporary_sibling(path)
-        try:
-            group = zarr.open_group(tmp, mode="w")
+        with atomic_group(path) as group:
             group.create_array("held_out", data=self.held_out_.astype(np.int64))
             for layer, values in enumerate(self.mean_active_value_):
                 group.create_array(f"layers/{layer}/mean_active_value", data=values)
@@ -789,9 +780,6 @@ class ConceptGraph(BaseEstimator):
                 "params": _jsonable_params(self.get_params()),
                 "settings": self._fitted_settings.to_dict(), "seed": self.seed_,
                 "n_samples": self.n_samples_, "n_concepts": self.n_concepts_}
-            atomic_replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

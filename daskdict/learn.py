@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -44,11 +43,10 @@ from ._version import __version__
 from .errors import CheckpointMismatchError, InvalidInputError
 from .runtime import Runtime, release_memory, runtime
 from .store import (
-    atomic_replace,
+    atomic_group,
     check_writable,
     open_rows,
     recover_replaced,
-    temporary_sibling,
 )
 
 # K-SVD toolbox (clearDictionary): atoms used by fewer samples, or closer than this to another
@@ -486,14 +484,9 @@ def _fingerprint(data, description: dict) -> dict:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write the state after an iteration as a new Zarr group, then swap it in atomically."""
-    tmp = temporary_sibling(path)
-    try:
-        group = zarr.open_group(tmp, mode="w")
+    with atomic_group(path) as group:
         group.create_array("atoms", data=state["atoms"])
         group.attrs["daskdict_checkpoint"] = {k: v for k, v in state.items() if k != "atoms"}
-        atomic_replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(path: Path) -> dict | None:

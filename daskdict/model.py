@@ -7,7 +7,6 @@ cannot run code).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,9 @@ from .learn import check_block, code_block, fit, gram_matrix, raise_for_bad_rows
 from .runtime import runtime
 from .store import (
     as_dask_array,
-    atomic_replace,
+    atomic_group,
     check_writable,
     recover_replaced,
-    temporary_sibling,
 )
 
 FORMAT_VERSION = 1
@@ -91,16 +89,11 @@ class Codes:
     def save(self, path: str | os.PathLike, *, attrs: dict | None = None) -> Path:
         """Write the codes as a Zarr group (atomically: a crash leaves the old or new group)."""
         path = check_writable(path)
-        tmp = temporary_sibling(path)
-        try:
-            group = zarr.open_group(tmp, mode="w")
+        with atomic_group(path) as group:
             _write_codes(group, self.indices, self.values)
             group.attrs["daskdict"] = {"format": FORMAT_VERSION, "kind": "codes",
                                        "n_atoms": self.n_atoms, "version": __version__,
                                        **(attrs or {})}
-            atomic_replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
@@ -234,16 +227,11 @@ class Dictionary:
             if out is None:
                 indices, values = rt.compute(indices, values)
                 return Codes(indices, values, self.n_atoms)
-            tmp = temporary_sibling(out)
-            try:
-                group = zarr.open_group(tmp, mode="w")
+            with atomic_group(out) as group:
                 _write_codes(group, indices, values, compute=rt.compute)
                 group.attrs["daskdict"] = {"format": FORMAT_VERSION, "kind": "codes",
                                            "n_atoms": self.n_atoms, "version": __version__,
                                            "source": description}
-                atomic_replace(tmp, out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         return Codes.load(out)
 
     def reconstruct(self, codes: Codes) -> np.ndarray:
@@ -253,16 +241,11 @@ class Dictionary:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the dictionary as a Zarr group, atomically."""
         path = check_writable(path)
-        tmp = temporary_sibling(path)
-        try:
-            group = zarr.open_group(tmp, mode="w")
+        with atomic_group(path) as group:
             group.create_array("atoms", data=np.ascontiguousarray(self.atoms))
             group.attrs["daskdict"] = {
                 "format": FORMAT_VERSION, "kind": "dictionary", "version": __version__,
                 "params": self.params, "history": self.history, "fingerprint": self.fingerprint}
-            atomic_replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

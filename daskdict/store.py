@@ -18,11 +18,12 @@ row-chunked dask array, checking shape and dtype before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,22 @@ def temporary_sibling(path: Path) -> Path:
     check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_group(path: str | os.PathLike) -> Iterator[zarr.Group]:
+    """A new Zarr group, written beside ``path`` and swapped into place when the block ends.
+
+    A crash or an error inside the block leaves whatever was at ``path`` before; the swap
+    itself leaves the old group or the new one (:func:`atomic_replace`).
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        yield zarr.open_group(tmp, mode="w")
+        atomic_replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -181,9 +198,7 @@ def create_store(
             )
         n_items = array.shape[0]
         arrays[name] = array
-    tmp = temporary_sibling(path)
-    try:
-        group = zarr.open_group(tmp, mode="w")
+    with atomic_group(path) as group:
         for name, array in arrays.items():
             rows = chunk_rows or default_chunk_rows(array.shape[1])
             target = group.create_array(
@@ -212,9 +227,6 @@ def create_store(
         meta = {"format": FORMAT_VERSION, "model": model, "n_items": int(n_items),
                 "layers": sorted(arrays), **dict(attrs or {})}
         group.attrs["daskdict"] = meta
-        atomic_replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return open_store(path)
 
 

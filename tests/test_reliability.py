@@ -27,6 +27,7 @@ from conftest import checkpoint_history, wait_for
 import daskdict
 import daskdict.learn as learn
 import daskdict.runtime as runtime_mod
+import daskdict.store as store_mod
 from daskdict.datasets import make_planted, write_planted_store
 from daskdict.errors import CheckpointMismatchError
 
@@ -386,7 +387,7 @@ def test_interrupt_while_writing_checkpoint_keeps_previous_one(planted_store, tm
                                                                monkeypatch):
     """Interrupted after the new group is written but before it is swapped in."""
     ck = tmp_path / "run.zarr"
-    real = learn.atomic_replace
+    real = store_mod.atomic_replace  # what store.atomic_group swaps the new group in with
     calls = []
 
     def interrupted(tmp, path):
@@ -395,10 +396,10 @@ def test_interrupt_while_writing_checkpoint_keeps_previous_one(planted_store, tm
             raise KeyboardInterrupt
         return real(tmp, path)
 
-    monkeypatch.setattr(learn, "atomic_replace", interrupted)
+    monkeypatch.setattr(store_mod, "atomic_replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fit_store(planted_store, 5, checkpoint=ck)
-    monkeypatch.setattr(learn, "atomic_replace", real)
+    monkeypatch.setattr(store_mod, "atomic_replace", real)
     _assert_checkpoint_at(ck, planted_store, 2)
 
 
