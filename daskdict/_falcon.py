@@ -13,7 +13,7 @@ For atom ``i`` (activation ``h_ji = |x_ji|``, the code's magnitude):
 
 Image embeddings default to the store's layer (a CLIP store's ``final`` layer is CLIP's image
 embedding); caption embeddings come from ``corpus_embeddings=`` or ``text_encoder=`` (e.g.
-:func:`daskdict.evaluate_interp.clip_text_encoder` or, on planted data,
+:func:`daskdict.evaluate.clip_text_encoder` or, on planted data,
 :func:`daskdict.datasets.planted_text_encoder`).
 """
 
@@ -26,12 +26,7 @@ import scipy.sparse as sp
 
 from . import _text
 from .errors import InvalidInputError
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
+from .evaluate import _unit_rows
 
 
 def word_scores(confidence: np.ndarray, caption_rows: np.ndarray,
@@ -119,12 +114,12 @@ def falcon_rows(table, captions, rows: list[dict], top_n: int, meta: dict, *, st
             raise InvalidInputError(
                 "method='falcon' ranks corpus captions by CLIP confidence: pass "
                 "corpus_embeddings= (n_corpus x d) or text_encoder= (texts -> embeddings), "
-                "e.g. daskdict.evaluate_interp.clip_text_encoder('openai/clip-vit-base-patch32')"
+                "e.g. daskdict.evaluate.clip_text_encoder('openai/clip-vit-base-patch32')"
                 " or daskdict.datasets.planted_text_encoder(store).")
         corpus_embeddings = np.concatenate(
             [np.asarray(text_encoder(list(corpus[start:start + encode_batch])))
              for start in range(0, len(corpus), encode_batch)])
-    corpus_embeddings = _unit(np.asarray(corpus_embeddings))
+    corpus_embeddings = _unit_rows(corpus_embeddings, np.float32)
     if corpus_embeddings.shape[0] != len(corpus):
         raise InvalidInputError(f"Expected {len(corpus)} corpus embeddings (one per caption). "
                                 f"Got {corpus_embeddings.shape[0]}.")
@@ -158,7 +153,7 @@ def falcon_rows(table, captions, rows: list[dict], top_n: int, meta: dict, *, st
     def score(item_rows: np.ndarray) -> np.ndarray:
         if item_rows.size == 0:
             return np.zeros(len(terms))
-        image_block = _unit(raw[[position[int(r)] for r in item_rows]])
+        image_block = _unit_rows(raw[[position[int(r)] for r in item_rows]], np.float32)
         confidence = image_block @ corpus_embeddings.T  # (n_images, n_corpus)
         if sign_invariant:
             confidence = np.abs(confidence)
@@ -215,9 +210,10 @@ def _high_and_low_sets(table, groups, alpha, epsilon, beta, max_images, batch: i
     for start in range(0, len(groups), batch):
         chunk = groups[start:start + batch]
         means = np.zeros((len(chunk), table.n_atoms))
-        chunk_high = []
+        chunk_high, chunk_unused = [], []
         for slot, group in enumerate(chunk):
             columns = activation[:, group].toarray()
+            chunk_unused.append((columns < epsilon).all(axis=1))
             strength = columns.min(axis=1)
             high = np.flatnonzero(strength > threshold)
             if max_images is not None and high.size > max_images:
@@ -226,11 +222,11 @@ def _high_and_low_sets(table, groups, alpha, epsilon, beta, max_images, batch: i
             if high.size:
                 means[slot] = np.asarray(table.activation[high].mean(axis=0)).ravel()
                 means[slot, group] = 0.0  # h^mu ignores the explained atoms (V_i)
-        # overlap of every item's other concepts with h^mu: one sparse-dense product
+        # overlap of every item's other concepts with h^mu (whose explained atoms are zero):
+        # one sparse-dense product for the whole batch
         similarity = np.asarray(table.activation @ means.T)  # (n_items, len(chunk))
-        for slot, group in enumerate(chunk):
-            unused = (activation[:, group].toarray() < epsilon).all(axis=1)
-            own = similarity[:, slot] - activation[:, group].toarray() @ means[slot, group]
+        for slot, unused in enumerate(chunk_unused):
+            own = similarity[:, slot]
             candidates = np.flatnonzero(unused & (own >= (beta if beta is not None else 1e-12)))
             if max_images is not None and candidates.size > max_images:
                 candidates = candidates[np.argsort(-own[candidates],

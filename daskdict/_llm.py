@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -52,6 +53,8 @@ class OpenAIChat:
         The model name the endpoint expects.
     api_key_env : str, default="OPENAI_API_KEY"
         Environment variable holding the key; no ``Authorization`` header when it is unset.
+        The key is sent over https, and over plain http only to this machine (127.0.0.1,
+        localhost): never in clear text to another host.
     timeout : float, default=60.0
         Seconds per request.
     temperature : float, default=0.0
@@ -79,7 +82,7 @@ class OpenAIChat:
                          {"role": "user", "content": user}]}).encode()
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
-        if key:
+        if key and _key_may_travel(self.base_url):
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(f"{self.base_url.rstrip('/')}/chat/completions",
                                          data=body, headers=headers, method="POST")
@@ -87,8 +90,9 @@ class OpenAIChat:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 payload = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
-            raise SummaryError(f"HTTP {exc.code} from {self.base_url}: "
-                               f"{exc.read()[:200].decode('utf-8', 'replace')}") from exc
+            with exc:  # the error holds the open response
+                detail = exc.read()[:200].decode("utf-8", "replace")
+            raise SummaryError(f"HTTP {exc.code} from {self.base_url}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise SummaryError(f"no answer from {self.base_url}: {exc}") from exc
         except json.JSONDecodeError as exc:
@@ -224,13 +228,29 @@ def user_message(captions: list[str]) -> str:
     return "Image captions:\n" + "\n".join(f"- {c}" for c in captions)
 
 
+def _key_may_travel(base_url: str) -> bool:
+    """Whether an API key may be sent to ``base_url`` (https, or http on this machine)."""
+    parts = urllib.parse.urlsplit(base_url)
+    return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
 class JSONCache:
-    """A thread-safe JSON file of answers, keyed by a hash (written after every new entry)."""
+    """A thread-safe JSON file of answers, keyed by a hash.
+
+    New answers are written every ``SAVE_EVERY`` entries or ``SAVE_SECONDS`` seconds, and by
+    :meth:`flush` (rewriting the file after every entry made 3,072 atoms cost gigabytes of
+    writes); the file is swapped in by rename, so a crash leaves the previous version.
+    """
+
+    SAVE_EVERY = 64
+    SAVE_SECONDS = 10.0
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         self._entries: dict = {}
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
         if self.path and self.path.exists():
             try:
                 self._entries = json.loads(self.path.read_text())
@@ -245,16 +265,29 @@ class JSONCache:
     def put(self, key: str, value) -> None:
         with self._lock:
             self._entries[key] = value
-            if self.path:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_name(f".{self.path.name}.tmp")
-                tmp.write_text(json.dumps(self._entries, indent=1))
-                os.replace(tmp, self.path)
+            self._unsaved += 1
+            if (self._unsaved >= self.SAVE_EVERY
+                    or time.monotonic() - self._saved_at > self.SAVE_SECONDS):
+                self._save()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._unsaved:
+                self._save()
+
+    def _save(self) -> None:
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(json.dumps(self._entries, indent=1))
+            os.replace(tmp, self.path)
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
 
 
-def cache_key(summarizer_name: str, system: str, captions: list[str]) -> str:
+def cache_key(summarizer_name: str, system: str, captions: list[str], top_n: int) -> str:
     digest = hashlib.sha256()
-    for part in (summarizer_name, system, *captions):
+    for part in (summarizer_name, system, str(top_n), *captions):
         digest.update(part.encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()
@@ -322,12 +355,16 @@ def summarize_rows(rows: list[dict], *, top_n: int, meta: dict, summarizer=None,
             if not captions:
                 row["status"] = "no captions"
                 continue
-            key = cache_key(name, system_prompt, captions)
+            key = cache_key(name, system_prompt, captions, top_n)
             cached = store.get(key)
             if cached is not None:
                 _fill(row, cached)
                 continue
             pending[index] = (key, pool.submit(run, index, captions))
+        # an atom's timeout runs from when a thread starts it; a summariser that never returns
+        # keeps its thread, so the whole run also ends by this deadline, and atoms still
+        # queued then are marked rather than waited for
+        deadline = time.monotonic() + timeout * (1 + -(-len(pending) // max_workers))
         while pending:
             wait([future for _, future in pending.values()], timeout=0.1,
                  return_when=FIRST_COMPLETED)
@@ -345,8 +382,13 @@ def summarize_rows(rows: list[dict], *, top_n: int, meta: dict, summarizer=None,
                 elif index in started and now - started[index] > timeout:
                     del pending[index]  # the thread is left to finish; its answer is dropped
                     rows[index]["status"] = f"error: no answer within {timeout:g} s"
+                elif now > deadline:
+                    del pending[index]
+                    rows[index]["status"] = ("error: not started: the summariser's threads "
+                                             "were all taken by answers that never came")
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        store.flush()
 
 
 def _fill(row: dict, answer: dict) -> None:

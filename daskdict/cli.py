@@ -160,7 +160,7 @@ def _cmd_report(args) -> int:
 
                 options["text_encoder"] = planted_text_encoder(args.store)
             else:
-                from .evaluate_interp import clip_text_encoder
+                from .evaluate import clip_text_encoder
 
                 options["text_encoder"] = clip_text_encoder(args.text_encoder)
         explanations = explain(codes, args.store, method=args.method, top_n=args.top_n,

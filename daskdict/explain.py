@@ -235,9 +235,13 @@ def as_codes(codes_or_model, store, *, layer: str | None = None, client: Any = "
         if store is None or not isinstance(store, str | os.PathLike | _store_type()):
             raise InvalidInputError("Explaining a Dictionary encodes the store: pass the "
                                     "store (a path or EmbeddingStore), not captions alone.")
-        source = store.path if isinstance(store, _store_type()) else store
+        from .store import open_store
+
+        # the opened group, not its path: encode writes codes beside a path it is given, and
+        # explaining should leave no files behind
+        group = (store if isinstance(store, _store_type()) else open_store(store)).group
         atoms = codes_or_model.atoms
-        codes_or_model = codes_or_model.encode(source, layer=layer, client=client)
+        codes_or_model = codes_or_model.encode(group, layer=layer, client=client)
     else:
         atoms = None
     if isinstance(codes_or_model, Codes):
@@ -260,9 +264,10 @@ def _load_codes_or_model(path):
     import zarr
 
     from .model import Codes, Dictionary
-    from .store import StoreNotFoundError
+    from .store import StoreNotFoundError, recover_replaced
 
-    if not Path(path).exists():
+    path = recover_replaced(path)  # a save that crashed between its two renames
+    if not path.exists():
         raise StoreNotFoundError(f"Nothing at {str(path)!r}: the path does not exist.")
     kind = dict(zarr.open_group(path, mode="r").attrs.get("daskdict", {})).get("kind")
     if kind == "codes":
@@ -295,7 +300,9 @@ def store_items(store, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     if len(captions) != n_items:
         raise InvalidInputError(f"Expected {n_items} captions (one per coded item). Got "
                                 f"{len(captions)}.")
-    return np.asarray(ids), np.asarray([str(c) for c in captions], dtype=object)
+    # a missing caption is empty text, not the word "None"
+    return np.asarray(ids), np.asarray(["" if c is None else str(c) for c in captions],
+                                       dtype=object)
 
 
 # ---------------------------------------------------------------------------------------------

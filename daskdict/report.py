@@ -2,7 +2,7 @@
 
 - :func:`plot_atom_grid`: the top activating images of an atom with its themes (seed 000 Fig. 4).
 - :func:`plot_training_curve`: relative error, FVU and dead atoms per iteration (model.history).
-- :func:`daskdict.evaluate_interp.plot_autointerp`: the score histogram (seed 000 Fig. 3).
+- :func:`daskdict.evaluate.plot_autointerp`: the score histogram (seed 000 Fig. 3).
 - :func:`write_report`: one HTML file listing every atom (sortable by frequency and score) with
   base64-embedded thumbnails, themes, top captions and an inline-SVG histogram of its
   activations. A Content-Security-Policy allows only inline data: nothing is fetched.
@@ -25,10 +25,7 @@ from .errors import InvalidInputError
 
 
 def _image_at(images, row: int):
-    image = images(row) if callable(images) else images[row]
-    from .evaluate_interp import _as_pil
-
-    return _as_pil(image)
+    return images(row) if callable(images) else images[row]
 
 
 def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_images: int = 12,
@@ -49,6 +46,8 @@ def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_im
     """
     import matplotlib.pyplot as plt
 
+    from ._images import to_rgb
+
     row = explanations[atom]
     shown = row["top_rows"][:n_images]
     n_rows = max(1, int(np.ceil((len(shown) + 1) / n_columns)))
@@ -59,7 +58,7 @@ def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_im
     axes[0].text(0.0, 1.0, f"concept {atom}\n" + "\n".join(f"• {t}" for t in row["themes"]),
                  va="top", ha="left", fontsize=10, transform=axes[0].transAxes, wrap=True)
     for ax, item in zip(axes[1:], shown, strict=False):
-        ax.imshow(np.asarray(_image_at(images, item)))
+        ax.imshow(np.asarray(to_rgb(_image_at(images, item))))
     fig.tight_layout()
     return fig
 
@@ -104,10 +103,10 @@ def activation_histogram_svg(values: np.ndarray, *, bins: int = 16, width: int =
 
 
 def thumbnail_uri(image, size: int = 64) -> str:
-    """A PNG data: URI of an image scaled to fit ``size`` pixels."""
-    from .evaluate_interp import _as_pil
+    """A PNG data: URI of an image (see :func:`daskdict._images.to_rgb`) scaled to fit."""
+    from ._images import to_rgb
 
-    picture = _as_pil(image).copy()
+    picture = to_rgb(image)  # a new image: thumbnail() below does not touch the caller's
     picture.thumbnail((size, size))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
@@ -228,7 +227,8 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
             f'<span class="muted">({100 * row["frequency"]:.2f}%)</span></td>'
             f"<td>{score_text}</td><td>{themes}<div>{html.escape(row['summary'])}</div></td>"
             f'<td class="thumbs">{thumbs}</td><td>{captions}</td><td>{histogram}</td>'
-            + (f"<td>{links.get(atom, '')}</td>" if links is not None else "") + "</tr>")
+            + (f"<td>{'' if isinstance(atom, list) else links.get(atom, '')}</td>"
+               if links is not None else "") + "</tr>")
     figures = []
     if graph is not None and graph_layer >= 1:  # layer 0 has no parents
         figures.append(("concept graph: parents per concept",
@@ -239,7 +239,7 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
         figures.append(("training curve", figure_uri(plot_training_curve(model))))
     summary = ""
     if scores is not None:
-        from .evaluate_interp import plot_autointerp
+        from .evaluate import plot_autointerp
 
         figures.append(("auto-interpretability", figure_uri(plot_autointerp(scores))))
         summary = "<ul>" + "".join(

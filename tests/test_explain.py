@@ -94,9 +94,12 @@ def test_keywords_on_a_fitted_dictionary_name_90_percent_of_recovered_atoms(name
 def test_explain_takes_a_dictionary_and_encodes_the_store(named, fitted):
     store, _atoms, _names, _ = named
     model, codes = fitted
+    before = sorted(p.name for p in store.path.parent.iterdir())
     from_model = explain(model, store.path)
     from_codes = explain(codes, store.path)
     assert from_model.first_themes() == from_codes.first_themes()
+    # the codes stay in memory: explaining writes nothing beside the store
+    assert sorted(p.name for p in store.path.parent.iterdir()) == before
 
 
 def test_falcon_top_word_is_the_planted_name(named, fitted):

@@ -133,6 +133,36 @@ def test_a_hanging_summariser_times_out_without_losing_others():
     assert all(explanations[i]["themes"] == ["fine"] for i in (0, 1, 2, 4))
 
 
+def test_a_summariser_that_never_answers_does_not_hang_the_run():
+    """One thread, taken by an answer that never comes: the atoms queued behind it are marked
+    by the run's deadline instead of waiting for ever."""
+    release = threading.Event()
+
+    def summarizer(system, user):
+        release.wait(30)  # "never" for this test
+        return '{"themes": ["late"], "summary": ""}'
+
+    codes, captions = _codes_and_captions()
+    begin = time.monotonic()
+    try:
+        explanations = explain(codes, captions, method="llm", summarizer=summarizer,
+                               timeout=0.2, max_workers=1)
+    finally:
+        release.set()
+    assert time.monotonic() - begin < 10
+    statuses = [row["status"] for row in explanations][:5]
+    assert statuses[0] == "error: no answer within 0.2 s"
+    assert all(s.startswith("error:") for s in statuses), statuses
+
+
+def test_api_key_goes_only_to_https_or_this_machine(server, monkeypatch):
+    from daskdict._llm import _key_may_travel
+
+    assert _key_may_travel("https://api.example.org/v1")
+    assert _key_may_travel(server)  # http://127.0.0.1:<port>/v1
+    assert not _key_may_travel("http://llm.example.org/v1")
+
+
 def test_unreachable_endpoint_and_missing_summarizer():
     codes, captions = _codes_and_captions()
     chat = OpenAIChat("http://127.0.0.1:9/v1", "none", timeout=0.5)

@@ -10,7 +10,7 @@ import pytest
 
 import daskdict
 from daskdict.datasets import planted_images, write_named_planted_store
-from daskdict.evaluate_interp import (
+from daskdict.evaluate import (
     CLIP,
     LOREM_IPSUM,
     autointerp_scores,
@@ -178,8 +178,8 @@ def test_report_renders_in_headless_chromium_sorts_and_stays_offline(planted, tm
         atoms = driver.execute_script(
             "return Array.from(document.querySelectorAll('tr.atom')).map(r => r.dataset.atom)")
         assert sorted(map(int, atoms)) == list(range(len(explanations)))
-        assert all(img.get_attribute("naturalWidth") != "0"
-                   for img in driver.find_elements("css selector", "td.thumbs img"))
+        thumbnails = driver.find_elements("css selector", "td.thumbs img")
+        assert thumbnails and all(img.get_attribute("naturalWidth") != "0" for img in thumbnails)
         header = driver.find_element("css selector", 'th[data-key="frequency"]')
         header.click()
         assert column("frequency") == sorted(column("frequency"), reverse=True)
