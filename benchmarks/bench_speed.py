@@ -202,6 +202,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the bare product "
                         "and of each piece of the split")
     parser.add_argument("--n-workers", type=int, default=2)
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="1 is daskdict's default LocalCluster (one process per core)")
     parser.add_argument("--chunk-rows", type=int, default=None,
                         help="rows per Zarr chunk (default: the package's ~32 MiB)")
     parser.add_argument("--workdir", default=None,
@@ -238,8 +240,9 @@ def main():
         print(f"bare Y @ D.T: median {bare['median']:.3f} s ({bare['gflops']:.0f} GFLOP/s, "
               f"BLAS threads {bare['blas_threads']})", flush=True)
 
-        with LocalCluster(n_workers=args.n_workers, threads_per_worker=1, host="127.0.0.1",
-                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        with LocalCluster(n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
+                          host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+                Client(cluster) as client:
             start = time.perf_counter()
             with get_task_stream(client) as stream:
                 model = daskdict.fit(str(path), n_atoms=args.n_atoms,
@@ -263,7 +266,7 @@ def main():
         table(["iteration", "seconds", "relative_error", "mean_l0", "dead", "replaced"],
               [[h["iteration"], h["seconds"], h["relative_error"], h["mean_l0"],
                 h["dead_atoms"], h["replaced_atoms"]] for h in model.history],
-              title=f"fit on {args.n_workers} single-threaded workers "
+              title=f"fit on {args.n_workers} workers of {args.threads_per_worker} thread(s) "
                     f"(wall {fit_wall:.1f} s incl. validation pass and init)")
         print()
         table(["measure", "seconds", "ratio it/bare", "bar", "result"], [

@@ -79,11 +79,13 @@ class Runtime:
                 warnings.filterwarnings("ignore", message="Sending large graph")
                 futures = self.client.compute(list(values))
             return tuple(self.client.gather(futures))
-        if self.scheduler == "threads" and n_cores() > 1:
-            # several Dask threads each run single-threaded BLAS
-            with threadpool_limits(limits=1, user_api="blas"):
+        # Single-threaded BLAS in every task, as in a cluster's workers: OpenBLAS's products
+        # differ in the last bits between thread counts, and a fit resumed under another
+        # scheduler must end with the same atoms. The threads scheduler runs one task per core.
+        with threadpool_limits(limits=1, user_api="blas"):
+            if self.scheduler == "threads" and n_cores() > 1:
                 return dask.compute(*values, scheduler="threads", num_workers=n_cores())
-        return dask.compute(*values, scheduler="sync")
+            return dask.compute(*values, scheduler="sync")
 
     def lanes(self) -> list[str | None]:
         """One entry per task slot (worker thread): its worker's address, or None in process.

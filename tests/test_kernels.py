@@ -134,18 +134,27 @@ def test_find_bits_reports_a_missing_value():
 
 
 @numba.njit
-def _compiled_update_and_max(alpha, u, step, scale):
-    return _kernels._update_and_max(alpha, u, step, scale)
+def _compiled_new_direction(proj, s, row, lower, alpha, step, scale):
+    return _kernels._new_direction(proj, s, row, lower, alpha, step, scale)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_update_and_max_matches_its_reference(rng, dtype):
-    alpha, u = rng.standard_normal((2, 300)).astype(dtype)
-    step, scale = dtype(0.7), dtype(1.3)
-    expected_alpha, expected_u = alpha.copy(), u.copy()
-    expected_top = _kernels._update_and_max(expected_alpha, expected_u, step, scale)
-    top = _compiled_update_and_max(alpha, u, step, scale)
-    np.testing.assert_allclose(alpha, expected_alpha, rtol=1e-6)
-    np.testing.assert_allclose(u, expected_u, rtol=1e-6)
+@pytest.mark.parametrize("s", [0, 1, 2, 5])
+def test_new_direction_matches_its_reference(rng, dtype, s):
+    n = 300
+    proj = rng.standard_normal((6, n)).astype(dtype)
+    lower = rng.standard_normal((6, 6))
+    row, alpha = rng.standard_normal((2, n)).astype(dtype)
+    step, scale = 0.7, 1.3
+    expected_proj, expected_alpha = proj.copy(), alpha.copy()
+    expected_top = _kernels._new_direction(expected_proj, s, row, lower, expected_alpha, step,
+                                           scale)
+    top = _compiled_new_direction(proj, s, row, lower, alpha, step, scale)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(proj, expected_proj, rtol=tol, atol=tol)
+    np.testing.assert_allclose(alpha, expected_alpha, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(proj[:s], expected_proj[:s])  # earlier directions untouched
+    # top is the largest |alpha|: it finds that entry
     assert _compiled_find_bits(alpha, top) == np.argmax(np.abs(alpha))
-    assert top == expected_top or abs(alpha).max() == pytest.approx(abs(expected_alpha).max())
+    assert abs(alpha).max() == pytest.approx(abs(expected_alpha).max(), rel=tol)
+    assert top == expected_top or dtype == np.float32
