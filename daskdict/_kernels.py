@@ -43,6 +43,14 @@ def _new_direction(proj, s, row, lower, alpha, step, scale):
     return _shifted_bits(np.abs(alpha).max())
 
 
+def _last_pass(source, prev, coef, u, alpha, step, scale):
+    """``u[:] = (source - coef * prev) * scale; alpha -= step * u``; the shifted bits of the
+    new max |alpha|."""
+    u[:] = (source - u.dtype.type(coef) * prev) * u.dtype.type(scale)
+    alpha -= alpha.dtype.type(step) * u
+    return _shifted_bits(np.abs(alpha).max())
+
+
 def _find_bits(alpha, top):
     """First index whose |alpha| has the shifted bits ``top``, or -1."""
     hits = np.flatnonzero(_shifted_bits(np.abs(alpha)) == top)
@@ -58,60 +66,51 @@ def _shifted_bits(values):
 _JIT = {"cache": True, "nogil": True}
 
 
-@overload(_new_direction, jit_options=_JIT)
-def _new_direction_numba(proj, s, row, lower, alpha, step, scale):
+@overload(_last_pass, jit_options=_JIT)
+def _last_pass_numba(source, prev, coef, u, alpha, step, scale):
     bits_type = _unsigned(alpha.dtype)
 
+    def impl(source, prev, coef, u, alpha, step, scale):
+        ty = u.dtype.type
+        c, z, inv = ty(coef), ty(step), ty(scale)
+        bits = alpha.view(bits_type)
+        one = bits_type(1)
+        top = bits_type(0)
+        for j in range(u.shape[0]):
+            v = (source[j] - c * prev[j]) * inv
+            u[j] = v
+            alpha[j] -= z * v
+            b = bits_type(bits[j] << one)  # numba widens small ints: keep the lanes narrow
+            if b > top:
+                top = b
+        return top
+
+    return impl
+
+
+@overload(_new_direction, jit_options=_JIT)
+def _new_direction_numba(proj, s, row, lower, alpha, step, scale):
     def impl(proj, s, row, lower, alpha, step, scale):
         # The last subtraction, the scaling, the update of alpha and its max share one pass,
         # and the first subtraction reads the Gram row directly: about a quarter fewer
         # streams over (n_atoms,) vectors than a copy, s passes, then an update pass.
         u = proj[s]
-        ty = u.dtype.type
-        n = u.shape[0]
-        bits = alpha.view(bits_type)
-        one = bits_type(1)
-        top = bits_type(0)
-        z = ty(step)
-        inv = ty(scale)
-        if s == 0:
-            for j in range(n):
-                v = row[j] * inv
-                u[j] = v
-                alpha[j] -= z * v
-                b = bits_type(bits[j] << one)  # numba widens small ints: keep the lanes narrow
-                if b > top:
-                    top = b
-            return top
+        if s == 0:  # row - 0 * row == row exactly (Gram entries are finite)
+            return _last_pass(row, row, 0.0, u, alpha, step, scale)
         last = s - 1
-        coef = ty(lower[s, last])
-        prev = proj[last]
         if s == 1:
-            for j in range(n):
-                v = (row[j] - coef * prev[j]) * inv
-                u[j] = v
-                alpha[j] -= z * v
-                b = bits_type(bits[j] << one)
-                if b > top:
-                    top = b
-            return top
+            return _last_pass(row, proj[0], lower[1, 0], u, alpha, step, scale)
+        ty = u.dtype.type
         first = ty(lower[s, 0])
         p0 = proj[0]
-        for j in range(n):
+        for j in range(u.shape[0]):
             u[j] = row[j] - first * p0[j]
         for t in range(1, last):  # one pass per term: fusing four was not faster (measured)
             c = ty(lower[s, t])
             p = proj[t]
-            for j in range(n):
+            for j in range(u.shape[0]):
                 u[j] -= c * p[j]
-        for j in range(n):
-            v = (u[j] - coef * prev[j]) * inv
-            u[j] = v
-            alpha[j] -= z * v
-            b = bits_type(bits[j] << one)
-            if b > top:
-                top = b
-        return top
+        return _last_pass(u, proj[last], lower[s, last], u, alpha, step, scale)
 
     return impl
 
