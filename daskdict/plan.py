@@ -5,7 +5,7 @@ worker thread of the cluster at once (so that the threads' contention for memory
 in the figures), on ``calibration_rows`` rows of the user's data (or planted data of the same
 width):
 
-* ``t_gram``: the Gram matrix each lane computes once per iteration;
+* ``t_gram``: the Gram matrix each worker process makes once per iteration (its lanes share it);
 * ``t_row``: coding and summarising one row (correlation GEMM, Batch-OMP, the statistics,
   and reading it), from the pieces of a lane after its first (whose caches are cold);
 * ``t_gather``: receiving one lane's statistics (n_atoms x n_features float64) at the driver;
@@ -123,7 +123,8 @@ def _calibrate_lane(reader: Any, pieces: list[tuple[int, int]], atoms: np.ndarra
     stats = _lane_statistics(reader, pieces, atoms, n_nonzero, 0.0, "omp",
                              n_candidates(atoms.shape[0]), timings)
     t_lane = time.perf_counter() - begin
-    t_gram = t_lane - float(np.sum(timings))  # the lane's own Gram matrix, made before its pieces
+    # the Gram matrix, made (or waited for) before the pieces
+    t_gram = t_lane - float(np.sum(timings))
     # per row, from the pieces after the first: the first runs with cold caches (the Gram
     # matrix was just made), which a fit's lane pays once over many pieces
     sizes = np.array([stop - start for start, stop in pieces])
@@ -222,9 +223,11 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     with runtime(client if client is not None else "local", verbose=progress) as rt:
         slots = rt.lanes()
         shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
-        shared_atoms = rt.share(atoms)
 
         def one_round():
+            # a new dictionary object per round, as per iteration in a fit: the lanes of a
+            # round on one worker share its Gram matrix, and no round reuses the last one's
+            shared_atoms = rt.share(atoms.copy())
             start_at = time.time() + 1.0
             tasks = []
             for worker in slots:
@@ -285,7 +288,7 @@ def _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads) -> d
     """Bytes of the large arrays one worker holds during an iteration (float32 data)."""
     return {
         "dictionary": n_atoms * n_features * 4 * 2,  # the shared key and its contiguous copy
-        "gram": n_atoms * n_atoms * 4 * threads,
+        "gram": n_atoms * n_atoms * 4,  # one per worker process, shared by its threads
         "statistics": n_atoms * n_features * 8 * 2 * threads,  # running total + one chunk's
         "chunk": chunk_rows * n_features * 4 * 2 * threads,  # decoded + contiguous
         "correlations": CODE_ROWS * n_atoms * 4 * threads,

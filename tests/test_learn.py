@@ -271,3 +271,17 @@ def test_blocks_are_aligned_for_the_kernels(rng):
     got = learn.code_block(y, odd, gram, 3, 0.0, "omp")
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_lanes_in_one_process_share_one_gram_matrix(rng):
+    """Threads of one process get the same atoms object per iteration: one Gram matrix is
+    made for all of them; a new dictionary gets its own, and the end of a fit frees it."""
+    atoms = rng.standard_normal((20, 8)).astype(np.float32)
+    first = learn._lane_gram(atoms)
+    np.testing.assert_allclose(first, atoms @ atoms.T, rtol=1e-6)
+    assert learn._lane_gram(atoms) is first
+    other = atoms * 2
+    assert learn._lane_gram(other) is not first
+    np.testing.assert_allclose(learn._lane_gram(other), other @ other.T, rtol=1e-6)
+    learn._forget_lane_gram(runtime.Runtime(scheduler="sync"))
+    assert learn._GRAM_CACHE == [None, None]
