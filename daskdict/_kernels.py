@@ -34,7 +34,8 @@ def _abs_argmax(alpha):
 
 def _new_direction(proj, s, row, lower, alpha, step, scale):
     """``proj[s] = (row - sum_{t<s} lower[s, t] proj[t]) * scale``, then ``alpha -= step *
-    proj[s]``; returns the shifted bits of the new max |alpha|."""
+    proj[s]``; returns the shifted bits of the new max |alpha|. The last row of ``proj`` is
+    scratch space (``s < len(proj) - 1``)."""
     u = row.astype(proj.dtype, copy=True)
     for t in range(s):
         u -= proj.dtype.type(lower[s, t]) * proj[t]
@@ -93,24 +94,26 @@ def _new_direction_numba(proj, s, row, lower, alpha, step, scale):
     def impl(proj, s, row, lower, alpha, step, scale):
         # The last subtraction, the scaling, the update of alpha and its max share one pass,
         # and the first subtraction reads the Gram row directly: about a quarter fewer
-        # streams over (n_atoms,) vectors than a copy, s passes, then an update pass.
+        # streams over (n_atoms,) vectors than a copy, s passes, then an update pass. The
+        # passes before the last write a scratch row, not u: a pass reading and writing u
+        # through two names is not vectorised (LLVM's overlap check fails: 2x slower, measured).
         u = proj[s]
         if s == 0:  # row - 0 * row == row exactly (Gram entries are finite)
             return _last_pass(row, row, 0.0, u, alpha, step, scale)
-        last = s - 1
         if s == 1:
             return _last_pass(row, proj[0], lower[1, 0], u, alpha, step, scale)
         ty = u.dtype.type
+        scratch = proj[proj.shape[0] - 1]
         first = ty(lower[s, 0])
         p0 = proj[0]
         for j in range(u.shape[0]):
-            u[j] = row[j] - first * p0[j]
-        for t in range(1, last):  # one pass per term: fusing four was not faster (measured)
+            scratch[j] = row[j] - first * p0[j]
+        for t in range(1, s - 1):  # one pass per term: fusing four was not faster (measured)
             c = ty(lower[s, t])
             p = proj[t]
             for j in range(u.shape[0]):
-                u[j] -= c * p[j]
-        return _last_pass(u, proj[last], lower[s, last], u, alpha, step, scale)
+                scratch[j] -= c * p[j]
+        return _last_pass(scratch, proj[s - 1], lower[s, s - 1], u, alpha, step, scale)
 
     return impl
 
@@ -251,7 +254,7 @@ def batch_omp(corr, gram, y_sqnorms, n_nonzero, tol):
     lower = np.zeros((n_nonzero, n_nonzero), dtype=np.float64)
     z = np.empty(n_nonzero, dtype=np.float64)
     val = np.empty(n_nonzero, dtype=np.float64)
-    proj = np.empty((n_nonzero, n_atoms), dtype=corr.dtype)
+    proj = np.empty((n_nonzero + 1, n_atoms), dtype=corr.dtype)  # + a scratch row
     for i in range(n_samples):
         tol_sq = tol * tol * y_sqnorms[i]
         n_sel = _omp_row(corr[i], gram, y_sqnorms[i], n_nonzero, tol_sq, indices[i], val, alpha,
