@@ -167,9 +167,9 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
     With G_II = L L^T over the chosen atoms, the orthonormalised directions q_s of the chosen
     atoms have correlations u_s = D q_s = (G[j_s] - sum_t L[s, t] u_t) / L[s, s] with every atom,
     and the residual's correlations shrink as alpha -= z_s u_s with z = L^{-1} alpha0[I]. Keeping
-    the u_s in a small (n_nonzero, K) buffer touches one new row of the Gram matrix per step
-    instead of all chosen ones, which keeps the kernel out of main memory. The squared residual
-    norm is |y|^2 - |z|^2.
+    the u_s in a small (n_nonzero + 1, K) buffer ``proj`` (its last row is scratch) touches one
+    new row of the Gram matrix per step instead of all chosen ones, which keeps the kernel out
+    of main memory. The squared residual norm is |y|^2 - |z|^2.
 
     alpha0 : (K,) correlations D y; gram : (K, K) D D^T; y_sqnorm : |y|^2;
     tol_sq : stop once the squared residual norm <= tol_sq.
