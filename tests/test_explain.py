@@ -201,6 +201,19 @@ def test_top_per_row_matches_a_sorted_reference():
         assert np.all(columns[row][len(expected):] == -1)
 
 
+def test_top_per_row_orders_close_values_in_late_rows():
+    """Values 1e-13 apart in row 150,000 keep their order (a combined row + value float key
+    cannot resolve them there), and NaN comes after -inf."""
+    import scipy.sparse as sp
+
+    n_rows = 150_001
+    data = np.array([1.0, 1.0 + 1e-13, 0.3, np.nan, -np.inf])
+    matrix = sp.csr_matrix((data, (np.full(5, n_rows - 1), np.arange(5))), shape=(n_rows, 5))
+    columns, values = _text.top_per_row(matrix, 5)
+    assert list(columns[-1]) == [1, 0, 2, 4, 3]
+    assert np.all(columns[:-1] == -1) and np.isnan(values[:-1]).all()
+
+
 def test_demo_explains_and_reports(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--samples", "8000", "--features", "32",
                  "--atoms", "32", "--nonzero", "3", "--iters", "15", "--chunk-rows", "2000",
