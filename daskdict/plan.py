@@ -39,6 +39,7 @@ import numpy as np
 from .errors import InvalidInputError
 from .learn import (
     CODE_ROWS,
+    _forget_lane_gram,
     _lane_statistics,
     _merge_statistics,
     approx_update,
@@ -241,6 +242,7 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
 
         one_round()  # loads the kernels and the data in every worker
         results, t_wall = one_round()
+        _forget_lane_gram(rt)  # as a fit does: the workers keep no Gram matrix afterwards
     t_gram = float(np.median([r["t_gram"] for r in results]))
     t_row = max(float(np.median([r["t_row"] for r in results])), 1e-12)
     # what the round took beyond its slowest lane: shipping the statistics back
