@@ -4,13 +4,13 @@ One iteration (``update="approx"``, the default) reads every chunk once. Per chu
 computes the correlations ``Y_b D^T`` (GEMM), codes the rows (Batch-OMP or matching pursuit,
 numba), and sums the restricted residual products ``sum_i r_i x_ij`` of every atom, the squared
 coefficients, usage counts, error sums and the worst-represented rows. Zarr and NumPy data are
-read by one task per worker thread over an equal share of the rows (see ``lane_pieces``), so the
-(n_atoms x n_features) sums leave each worker once; a dask array gets one task per block and a
-tree reduction. The driver then updates all atoms at once: for OMP codes ``E_w d_j = x_wj``
-(the residual is orthogonal to the chosen atoms), so ``E_w^T x_wj`` is one power step towards
-the leading right singular vector of the restricted residual ``E_w`` from the current atom
-(approximate K-SVD, Rubinstein et al. 2008), with all atoms updated from the state at the
-iteration's start.
+cut into one equal share per worker process (see ``share_spans``); the threads of a worker code
+its share together, piece by piece (see ``share_pieces``), so the (n_atoms x n_features) sums
+leave each worker once; a dask array gets one task per block and a tree reduction. The driver
+then updates all atoms at once: for OMP codes ``E_w d_j = x_wj`` (the residual is orthogonal to
+the chosen atoms), so ``E_w^T x_wj`` is one power step towards the leading right singular vector
+of the restricted residual ``E_w`` from the current atom (approximate K-SVD, Rubinstein et al.
+2008), with all atoms updated from the state at the iteration's start.
 
 ``update="ksvd"`` is textbook K-SVD (Aharon, Elad & Bruckstein 2006): each atom and its
 coefficients are replaced by the leading singular pair of the restricted residual, in batches of
@@ -31,6 +31,7 @@ import json
 import os
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ import zarr
 from . import _kernels
 from ._version import __version__
 from .errors import CheckpointMismatchError, InvalidInputError
-from .runtime import Runtime, release_memory, runtime
+from .runtime import Runtime, n_cores, release_memory, runtime
 from .store import (
     atomic_group,
     check_writable,
@@ -200,18 +201,21 @@ def gram_matrix(atoms: np.ndarray) -> np.ndarray:
 CODE_ROWS = 1024
 
 
-def code_block(y, atoms, gram, n_nonzero, tol, coder):
+def code_block(y, atoms, gram, n_nonzero, tol, coder, buffer=None):
     """Sparse codes of one block: correlations by GEMM, then the numba coder, by sub-blocks.
 
-    Returns ``indices`` (int32, -1 padded) and ``values``, each of shape (n_rows, n_nonzero).
+    ``buffer``, optional, of shape (CODE_ROWS, n_atoms): where the correlations of a sub-block
+    go (a task coding many blocks passes its own, instead of faulting in a new 12 MB one each
+    time). Returns ``indices`` (int32, -1 padded) and ``values``, each of shape
+    (n_rows, n_nonzero).
     """
     n_rows = y.shape[0]
     atoms, gram = _as_block(atoms), _as_block(gram)
     sqnorms = np.einsum("ij,ij->i", y, y)
-    if n_rows <= CODE_ROWS:
+    if n_rows <= CODE_ROWS and buffer is None:
         return _kernels.CODERS[coder](y @ atoms.T, gram, sqnorms, n_nonzero, tol)
     indices = np.empty((n_rows, n_nonzero), dtype=np.int32)
-    corr = np.empty((CODE_ROWS, atoms.shape[0]), dtype=np.result_type(y, atoms))
+    corr = _correlation_buffer(atoms, y.dtype) if buffer is None else buffer
     values = np.empty((n_rows, n_nonzero), dtype=corr.dtype)
     for start in range(0, n_rows, CODE_ROWS):
         stop = min(start + CODE_ROWS, n_rows)
@@ -225,16 +229,20 @@ def code_block(y, atoms, gram, n_nonzero, tol, coder):
 _STATISTICS = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
 
 
-def _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst):
+def _correlation_buffer(atoms, dtype):
+    return np.empty((CODE_ROWS, atoms.shape[0]), dtype=np.result_type(dtype, atoms))
+
+
+def _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst, buffer=None):
     """Code a block and compute its iteration statistics (see ``residual_statistics``)."""
     y, atoms = _as_block(y, atoms.dtype), _as_block(atoms)
-    indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder)
+    indices, values = code_block(y, atoms, gram, n_nonzero, tol, coder, buffer)
     stats = _kernels.residual_statistics(y, atoms, indices, values, n_worst)
     return y, indices, values, dict(zip(_STATISTICS, stats, strict=True))
 
 
-def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst):
-    return _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst)[3]
+def _chunk_statistics(y, atoms, gram, n_nonzero, tol, coder, n_worst, buffer=None):
+    return _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst, buffer)[3]
 
 
 _SUMMED = ("restricted", "coef_sq", "sums", "row_sum")
@@ -250,21 +258,45 @@ def _merge_statistics(parts, n_worst):
     return out
 
 
-def lane_pieces(chunk_rows: tuple[int, ...], n_lanes: int) -> list[list[tuple[int, int]]]:
-    """Split the rows into ``n_lanes`` contiguous shares of equal size, cut at chunk boundaries.
+def share_spans(chunk_rows: tuple[int, ...], n_shares: int) -> list[list[tuple[int, int]]]:
+    """Split the rows into ``n_shares`` contiguous shares of equal size, cut at chunk boundaries.
 
-    Returns, per lane, the ``(start, stop)`` row ranges it reads; each range lies inside one
-    stored chunk (a chunk on a share boundary is read in part by both lanes).
+    Returns, per share, its *spans*: the ``(start, stop)`` row ranges it reads, each inside one
+    stored chunk (a chunk on a share boundary is read in part by both shares).
     """
     bounds = np.concatenate([[0], np.cumsum(chunk_rows)])
     n_rows = int(bounds[-1])
-    shares = np.linspace(0, n_rows, min(n_lanes, n_rows) + 1).round().astype(int)
-    lanes = []
+    shares = np.linspace(0, n_rows, min(n_shares, n_rows) + 1).round().astype(int)
+    out = []
     for start, stop in itertools.pairwise(shares):
         inner = bounds[(bounds > start) & (bounds < stop)]
         cuts = [int(start), *map(int, inner), int(stop)]
-        lanes.append(list(itertools.pairwise(cuts)))
-    return lanes
+        out.append(list(itertools.pairwise(cuts)))
+    return out
+
+
+# The threads of a worker take a share's pieces in turn: its spans (up to a chunk each) and,
+# towards its end, pieces that halve in size down to CODE_ROWS rows, so that the threads finish
+# within about one small piece of each other whatever their speeds (equal shares per thread
+# ended up to 1 s apart on a 2-core VM where one core ran 15 % slower than the other). The
+# cut depends only on the spans, never on the number of threads. Each piece's statistics
+# (n_atoms x n_features) are made and summed on their own, a few ms a piece: cutting the whole
+# share into small pieces cost more than it balanced (measured).
+TAIL_PIECES = (1, 1, 2, 4, 8)  # in CODE_ROWS, from the share's end
+
+
+def share_pieces(spans: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """The pieces a share is coded in: ``(span index, start, stop)``, in row order.
+
+    The spans, cut where the last ``TAIL_PIECES`` pieces (counted from the share's end) begin.
+    """
+    end = spans[-1][1]
+    cuts = end - CODE_ROWS * np.cumsum(TAIL_PIECES)
+    pieces = []
+    for index, (start, stop) in enumerate(spans):
+        inner = sorted(int(c) for c in cuts if start < c < stop)
+        pieces += [(index, a, b) for a, b in itertools.pairwise([start, *inner, stop])]
+    return pieces
 
 
 _GRAM_LOCK = threading.Lock()
@@ -274,7 +306,7 @@ _GRAM_CACHE: list = [None, None]  # [the atoms object, its Gram matrix]
 def _lane_gram(atoms: np.ndarray) -> np.ndarray:
     """The Gram matrix of ``atoms``, made once per process and dictionary.
 
-    The lanes of one iteration that run in one process (threads of a worker, or of the
+    The tasks of one iteration that run in one process (threads of a worker, or of the
     in-process scheduler) receive the same atoms object; the first makes the Gram matrix and
     the others wait for it, so the threads share one copy in the CPU's cache instead of each
     making and streaming its own.
@@ -286,40 +318,109 @@ def _lane_gram(atoms: np.ndarray) -> np.ndarray:
         return _GRAM_CACHE[1]
 
 
-def _clear_lane_gram() -> None:
+class _ShareWork:
+    """The pieces of one share in one iteration, shared by the threads of a process coding it.
+
+    Threads claim pieces in row order; each piece's statistics are folded into the share's
+    total in piece order, whichever thread made them, so the sums (and the atoms) do not depend
+    on how many threads took part or how fast each was. A span is read once, by the first
+    thread that needs it, and dropped when its last piece is claimed.
+    """
+
+    def __init__(self, reader, spans, pieces):
+        self.reader, self.spans, self.pieces = reader, spans, pieces
+        self.lock = threading.Lock()
+        self.next_piece = 0
+        self.left = np.bincount([p[0] for p in pieces], minlength=len(spans)).tolist()
+        self.read: dict[int, list] = {}  # span index -> [lock, rows or None]
+        self.waiting: dict[int, dict] = {}  # piece index -> statistics not folded yet
+        self.n_folded = 0
+        self.total = None
+
+    def claim(self):
+        """The next piece: ``(piece index, its rows)``, or None when all are taken."""
+        with self.lock:
+            if self.next_piece == len(self.pieces):
+                return None
+            index = self.next_piece
+            self.next_piece += 1
+            span, start, stop = self.pieces[index]
+            entry = self.read.setdefault(span, [threading.Lock(), None])
+            self.left[span] -= 1
+            if self.left[span] == 0:
+                del self.read[span]  # the threads that use it hold it meanwhile
+        with entry[0]:
+            if entry[1] is None:
+                begin, end = self.spans[span]
+                entry[1] = self.reader[begin:end]
+        offset = self.spans[span][0]
+        return index, entry[1][start - offset:stop - offset]
+
+    def fold(self, index, stats, n_worst):
+        """Add a piece's statistics in piece order; the total once the last is in, else None."""
+        with self.lock:
+            self.waiting[index] = stats
+            while self.n_folded in self.waiting:
+                self.total = _accumulate(self.total, self.waiting.pop(self.n_folded), n_worst)
+                self.n_folded += 1
+            return self.total if self.n_folded == len(self.pieces) else None
+
+
+_SHARES_LOCK = threading.Lock()
+_SHARES: dict[str, _ShareWork] = {}
+
+
+def _clear_worker_state() -> None:
+    """Drop this process's Gram matrix and unfinished shares."""
     with _GRAM_LOCK:
         _GRAM_CACHE[:] = [None, None]
+    with _SHARES_LOCK:
+        _SHARES.clear()
 
 
-def _forget_lane_gram(rt: Runtime) -> None:
-    """Free the cached Gram matrices here and in the workers once a fit ends (47 MB each at
-    3072 atoms in float32); a worker lost meanwhile has nothing to free."""
-    _clear_lane_gram()
+def _forget_worker_state(rt: Runtime) -> None:
+    """Free the cached Gram matrices (47 MB each at 3072 atoms in float32), here and in the
+    workers, once a fit ends, and any share left unfinished by an error; a worker lost
+    meanwhile has nothing to free."""
+    _clear_worker_state()
     if rt.client is not None:
         with contextlib.suppress(Exception):
-            rt.client.run(_clear_lane_gram)
+            rt.client.run(_clear_worker_state)
 
 
-def _lane_statistics(reader, pieces, atoms, n_nonzero, tol, coder, n_worst, timings=None):
-    """Statistics of the rows of ``pieces``, read here from ``reader`` one range at a time.
+def _share_statistics(reader, spans, token, atoms, n_nonzero, tol, coder, n_worst,
+                      timings=None):
+    """One of the tasks coding a share (the rows of ``spans``) in one iteration.
 
-    One task per worker thread instead of one per chunk: the statistics (n_atoms x n_features)
-    leave the worker once per iteration, not once per chunk, and the shares are equal. Each
-    worker process makes the Gram matrix itself (:func:`_lane_gram`), in parallel with the
-    others, rather than waiting for one task to make it and then receiving it. ``timings``, a
-    list, receives the seconds of each piece (for :func:`daskdict.plan`).
+    Every thread of the worker runs one such task per share; all tasks with the same ``token``
+    in one process code the share together, each taking the next piece until none is left.
+    Returns the share's statistics from the task that folded the last piece, None from the
+    others. A task that runs alone (elsewhere after its worker was lost, or under the sync
+    scheduler) codes the whole share and returns the same total. ``timings``, a list, receives
+    ``(rows, seconds)`` of each piece this task coded (for :func:`daskdict.plan`).
     """
+    with _SHARES_LOCK:
+        work = _SHARES.get(token)
+        if work is None:
+            work = _SHARES[token] = _ShareWork(reader, spans, share_pieces(spans))
     gram = _lane_gram(atoms)
     atoms = _as_block(atoms)
-    total = None
-    for start, stop in pieces:
+    buffer = _correlation_buffer(atoms, atoms.dtype)
+    while (claimed := work.claim()) is not None:
         begin = time.perf_counter()
-        stats = _chunk_statistics(reader[start:stop], atoms, gram, n_nonzero, tol, coder, n_worst)
-        total = _accumulate(total, stats, n_worst)
+        index, rows = claimed
+        stats = _chunk_statistics(rows, atoms, gram, n_nonzero, tol, coder, n_worst, buffer)
+        del rows
+        total = work.fold(index, stats, n_worst)
         release_memory()
         if timings is not None:
-            timings.append(time.perf_counter() - begin)
-    return total
+            _, start, stop = work.pieces[index]
+            timings.append((stop - start, time.perf_counter() - begin))
+        if total is not None:
+            with _SHARES_LOCK:
+                _SHARES.pop(token, None)
+            return total
+    return None
 
 
 def _accumulate(total, stats, n_worst):
@@ -665,7 +766,12 @@ def fit(
                 "or choose another path.")
         seed = int(state["seed"])
     in_memory = description["kind"] == "ndarray"
-    with runtime(client, in_memory=in_memory, verbose=progress) as rt:
+    # A LocalCluster started here is one worker process with a thread per core: its threads
+    # share one Gram matrix in the CPU's cache and balance their share of the rows, which made
+    # an iteration 5-10 % faster than one single-threaded process per core (2-core VM,
+    # benchmarks/bench_speed.py --n-workers, --threads-per-worker).
+    with runtime(client, in_memory=in_memory, verbose=progress, n_workers=1,
+                 threads_per_worker=n_cores()) as rt:
         n_rows, n_zero_rows, digest = _validate_data(data, rt)
         fingerprint = {**_fingerprint(data, description), "content_crc32": digest}
         if state is not None and state["fingerprint"] != _jsonable(fingerprint):
@@ -679,24 +785,26 @@ def fit(
         else:
             atoms = state["atoms"].astype(params.dtype)
             history = list(state["history"])
-        # The rows are cut into as many shares as the cluster has worker threads now, and
+        # The rows are cut into as many shares as the cluster has worker processes now, and
         # kept so for the whole fit (and its resumption): a worker lost or added later changes
         # where shares run, not how the statistics are summed, so the atoms stay the same.
-        n_lanes = int(state.get("n_lanes", 0)) if state is not None else 0
-        n_lanes = n_lanes or len(rt.lanes())
+        # (Earlier checkpoints call the count "n_lanes".)
+        n_shares = (int(state.get("n_shares", state.get("n_lanes", 0)))
+                    if state is not None else 0)
+        n_shares = n_shares or len(rt.workers())
         bar = _progress_bar(params.n_iter, len(history), progress)
         try:
             for iteration in range(len(history) + 1, params.n_iter + 1):
                 atoms, record = _iterate(data, reader, atoms, params, rt,
                                          iteration_rng(seed, iteration), n_rows, n_zero_rows,
-                                         n_features, n_lanes)
+                                         n_features, n_shares)
                 record["iteration"] = iteration
                 history.append(record)
                 if checkpoint_path is not None:
                     save_checkpoint(checkpoint_path, {
                         "atoms": atoms, "history": history, "seed": seed,
                         "params": params.to_dict(), "fingerprint": fingerprint,
-                        "n_lanes": n_lanes, "version": __version__})
+                        "n_shares": n_shares, "version": __version__})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(rel_err=f"{record['relative_error']:.4f}",
@@ -704,7 +812,7 @@ def fit(
         finally:
             if bar is not None:
                 bar.close()
-            _forget_lane_gram(rt)
+            _forget_worker_state(rt)
     return Dictionary(atoms=atoms, params={**params.to_dict(), "random_state": seed},
                       history=history, fingerprint=fingerprint)
 
@@ -739,12 +847,13 @@ def _validate_data(data, rt: Runtime) -> tuple[int, int, int]:
 
 
 def _iterate(data, reader, atoms, params: FitParams, rt: Runtime, rng, n_rows, n_zero_rows,
-             n_features, n_lanes):
+             n_features, n_shares):
     """One K-SVD iteration: a single graph over the chunks, then the atom update here.
 
-    With a ``reader`` (Zarr or NumPy data) each worker thread gets one task over an equal share
-    of the rows and reads them itself; otherwise one task per block of the dask array, reduced
-    by a tree. ``n_lanes`` shares are spread over the workers present, in turn.
+    With a ``reader`` (Zarr or NumPy data) the rows are cut into ``n_shares`` equal shares,
+    spread over the workers present in turn; every thread of a share's worker gets a task that
+    reads and codes pieces of it. Otherwise one task per block of the dask array, reduced by a
+    tree.
     """
     start = time.perf_counter()
     dtype = np.dtype(params.dtype)
@@ -764,18 +873,26 @@ def _iterate(data, reader, atoms, params: FitParams, rt: Runtime, rng, n_rows, n
             n_worst, order, params.atom_batch_size or params.n_atoms)
         stats, new_atoms = rt.compute(task)[0]
     elif reader is not None:
-        workers = rt.lanes()
-        lanes = [workers[i % len(workers)] for i in range(n_lanes)]
+        workers = rt.workers()
+        token = uuid.uuid4().hex
         shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
-        parts = []
-        for worker, pieces in zip(lanes, lane_pieces(data.chunks[0], len(lanes)), strict=False):
-            # each lane prefers its own worker; another takes it if that worker is lost
+        parts, owners = [], []
+        shares = share_spans(data.chunks[0], n_shares)
+        for share, spans in enumerate(shares):
+            worker, n_threads = workers[share % len(workers)]
+            # each share prefers its own worker, one task per thread; another worker takes
+            # them if that one is lost (and codes the whole share there: the same sums)
             placement = {"workers": [worker], "allow_other_workers": True} if worker else {}
             with dask.annotate(**placement):
-                parts.append(dask.delayed(_lane_statistics)(
-                    shared_reader, pieces, shared_atoms, params.n_nonzero, params.tol,
-                    params.coder, n_worst))
-        stats = _merge_statistics(list(rt.compute(*parts)), n_worst)
+                parts += [dask.delayed(_share_statistics)(
+                    shared_reader, spans, f"{token}-{share}", shared_atoms, params.n_nonzero,
+                    params.tol, params.coder, n_worst) for _ in range(n_threads)]
+            owners += [share] * n_threads
+        totals: dict[int, dict] = {}
+        for share, total in zip(owners, rt.compute(*parts), strict=True):
+            if total is not None:  # two if a share was also coded elsewhere: equal sums
+                totals.setdefault(share, total)
+        stats = _merge_statistics([totals[share] for share in range(len(shares))], n_worst)
         new_atoms = approx_update(atoms, stats)
     else:
         blocks = data.to_delayed().ravel()

@@ -5,17 +5,20 @@ worker thread of the cluster at once (so that the threads' contention for memory
 in the figures), on ``calibration_rows`` rows of the user's data (or planted data of the same
 width):
 
-* ``t_gram``: the Gram matrix each worker process makes once per iteration (its lanes share it);
+* ``t_gram``: the Gram matrix each worker process makes once per iteration (its threads share
+  it);
 * ``t_row``: coding and summarising one row (correlation GEMM, Batch-OMP, the statistics,
-  and reading it), from the pieces of a lane after its first (whose caches are cold);
-* ``t_gather``: receiving one lane's statistics (n_atoms x n_features float64) at the driver;
-* ``t_driver(n_lanes)``: merging the lanes' statistics, the atom update and the replacements,
-  timed here.
+  and reading it), from the pieces of a calibration lane after its first (whose caches are
+  cold);
+* ``t_gather``: receiving one share's statistics (n_atoms x n_features float64) at the driver;
+* ``t_driver(n_shares)``: merging the shares' statistics, the atom update and the
+  replacements, timed here.
 
-The model of one iteration over N rows on W worker threads is then the time of the slowest
-lane plus the driver's work::
+A fit cuts the rows into one share per worker process, which the worker's T threads code
+together. The model of one iteration over N rows on W workers is then the time of the slowest
+share plus the driver's work::
 
-    t_iter = t_gram + ceil(N / W) * t_row + W * t_gather + t_driver(W)
+    t_iter = t_gram + ceil(N / (W T)) * t_row + W * t_gather + t_driver(W)
 
 Memory does not grow with N: a worker holds the dictionary, its Gram matrix, the statistics,
 one chunk and the coder's buffers. The peak resident memory of the calibration tasks is
@@ -30,6 +33,7 @@ import math
 import os
 import resource
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +43,9 @@ import numpy as np
 from .errors import InvalidInputError
 from .learn import (
     CODE_ROWS,
-    _forget_lane_gram,
-    _lane_statistics,
+    _forget_worker_state,
     _merge_statistics,
+    _share_statistics,
     approx_update,
     n_candidates,
     replace_atoms,
@@ -85,10 +89,9 @@ class Plan:
         """Seconds per iteration for another N or cluster size, from the same calibration."""
         cal = self.calibration
         n_samples = self.n_samples if n_samples is None else n_samples
-        slots = ((self.n_workers if n_workers is None else n_workers)
-                 * (self.threads_per_worker if threads_per_worker is None
-                    else threads_per_worker))
-        return _model(cal, n_samples, slots)
+        return _model(cal, n_samples, self.n_workers if n_workers is None else n_workers,
+                      self.threads_per_worker if threads_per_worker is None
+                      else threads_per_worker)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,10 +111,10 @@ class Plan:
                 "per worker")
 
 
-def _model(cal: dict, n_samples: int, slots: int) -> float:
-    driver = cal["t_driver_base"] + cal["t_driver_per_lane"] * slots
-    return (cal["t_gram"] + math.ceil(n_samples / slots) * cal["t_row"]
-            + slots * cal["t_gather"] + driver)
+def _model(cal: dict, n_samples: int, n_workers: int, threads_per_worker: int) -> float:
+    driver = cal["t_driver_base"] + cal["t_driver_per_lane"] * n_workers
+    return (cal["t_gram"] + math.ceil(n_samples / (n_workers * threads_per_worker))
+            * cal["t_row"] + n_workers * cal["t_gather"] + driver)
 
 
 def _calibrate_lane(reader: Any, pieces: list[tuple[int, int]], atoms: np.ndarray,
@@ -119,18 +122,19 @@ def _calibrate_lane(reader: Any, pieces: list[tuple[int, int]], atoms: np.ndarra
     """One lane's timings on a worker thread (all lanes start together at ``start_at``)."""
     while time.time() < start_at:  # line the lanes up so that they contend as in a fit
         time.sleep(0.001)
-    timings: list[float] = []
+    timings: list[tuple[int, float]] = []
     begin = time.perf_counter()
-    stats = _lane_statistics(reader, pieces, atoms, n_nonzero, 0.0, "omp",
-                             n_candidates(atoms.shape[0]), timings)
+    # a share of its own (a token of its own): this thread codes all the rows
+    stats = _share_statistics(reader, pieces, uuid.uuid4().hex, atoms, n_nonzero, 0.0, "omp",
+                              n_candidates(atoms.shape[0]), timings)
     t_lane = time.perf_counter() - begin
+    rows, seconds = np.array(timings).T
     # the Gram matrix, made (or waited for) before the pieces
-    t_gram = t_lane - float(np.sum(timings))
+    t_gram = t_lane - float(seconds.sum())
     # per row, from the pieces after the first: the first runs with cold caches (the Gram
-    # matrix was just made), which a fit's lane pays once over many pieces
-    sizes = np.array([stop - start for start, stop in pieces])
-    steady = slice(1, None) if len(pieces) > 1 else slice(None)
-    t_row = float(np.sum(np.array(timings)[steady]) / sizes[steady].sum())
+    # matrix was just made), which a fit's share pays once over many pieces
+    steady = slice(1, None) if len(timings) > 1 else slice(None)
+    t_row = float(seconds[steady].sum() / rows[steady].sum())
     release_memory()
     return {"t_gram": t_gram, "t_lane": t_lane, "t_row": t_row,
             "stats": stats,
@@ -242,7 +246,7 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
 
         one_round()  # loads the kernels and the data in every worker
         results, t_wall = one_round()
-        _forget_lane_gram(rt)  # as a fit does: the workers keep no Gram matrix afterwards
+        _forget_worker_state(rt)  # as a fit does: the workers keep no Gram matrix afterwards
     t_gram = float(np.median([r["t_gram"] for r in results]))
     t_row = max(float(np.median([r["t_row"] for r in results])), 1e-12)
     # what the round took beyond its slowest lane: shipping the statistics back
@@ -251,7 +255,7 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     calibration = {"t_gram": t_gram, "t_row": t_row, "t_gather": t_gather,
                    "t_driver_base": t_driver_base, "t_driver_per_lane": t_driver_per_lane,
                    "rows": int(n_rows), "threads": len(slots), "where": _where(client)}
-    seconds = _model(calibration, n_samples, n_workers * threads_per_worker)
+    seconds = _model(calibration, n_samples, n_workers, threads_per_worker)
     arrays = _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads_per_worker)
     peak = int(max(r["peak_rss"] for r in results))
     # the calibration lanes held calibration_rows rows; a fit holds chunk_rows per thread

@@ -98,6 +98,14 @@ class Runtime:
                     for _ in range(info.get("nthreads", 1))] or [None]
         return [None] * (n_cores() if self.scheduler == "threads" else 1)
 
+    def workers(self) -> list[tuple[str | None, int]]:
+        """Each worker process: its address (None in process) and its number of threads."""
+        if self.client is not None:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+            return [(address, int(info.get("nthreads", 1)))
+                    for address, info in sorted(workers.items())] or [(None, 1)]
+        return [(None, n_cores() if self.scheduler == "threads" else 1)]
+
     @property
     def n_workers(self) -> int:
         if self.client is not None:
@@ -111,8 +119,9 @@ class Runtime:
 
 
 def local_cluster(n_workers: int | None = None, memory_limit: str | int | None = "auto",
-                  quiet: bool = True):
-    """A LocalCluster as daskdict uses it: one single-threaded worker process per core.
+                  quiet: bool = True, threads_per_worker: int = 1):
+    """A LocalCluster as daskdict uses it: by default one single-threaded worker process per
+    core (``daskdict.fit`` asks for one process with a thread per core instead).
 
     Services bind to localhost only; the dashboard takes a free port. ``quiet`` silences the
     workers' logs: a bad-input error raised in a task reaches the caller as one clear
@@ -120,7 +129,8 @@ def local_cluster(n_workers: int | None = None, memory_limit: str | int | None =
     """
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=1, processes=True,
+    return LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=threads_per_worker,
+                        processes=True,
                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
                         memory_limit=memory_limit,
                         silence_logs=logging.ERROR if quiet else logging.WARNING)
@@ -133,8 +143,8 @@ def _is_cluster(value: Any) -> bool:
 
 @contextlib.contextmanager
 def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True,
-            n_workers: int | None = None, memory_limit: str | int | None = "auto"
-            ) -> Iterator[Runtime]:
+            n_workers: int | None = None, memory_limit: str | int | None = "auto",
+            threads_per_worker: int = 1) -> Iterator[Runtime]:
     """Yield the :class:`Runtime` for ``client``.
 
     Parameters
@@ -148,7 +158,7 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
         Whether the data is a NumPy array in this process.
     verbose : bool
         Print the dashboard link of a started cluster.
-    n_workers, memory_limit
+    n_workers, memory_limit, threads_per_worker
         For a LocalCluster started here: one single-threaded worker per core by default.
     """
     if client is None:
@@ -164,7 +174,8 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
                 f"'threads' or 'sync'. Got {client!r}. (For an HPC cluster, pass "
                 f"daskdict.cluster({client!r}, jobs=...).)"
             )
-        client = started = local_cluster(n_workers, memory_limit)
+        client = started = local_cluster(n_workers, memory_limit,
+                                         threads_per_worker=threads_per_worker)
     if _is_cluster(client):
         from distributed import Client
 

@@ -174,20 +174,74 @@ def test_fit_uses_an_existing_client(tmp_path):
     np.testing.assert_allclose(model.atoms, reference.atoms, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunks,n_lanes", [((100,), 1), ((100,), 3), ((30, 30, 30, 10), 2),
-                                            ((7,) * 13 + (2,), 4), ((3,), 8)])
-def test_lane_pieces_cover_the_rows_in_equal_shares_within_chunks(chunks, n_lanes):
-    from daskdict.learn import lane_pieces
-
-    lanes = lane_pieces(chunks, n_lanes)
+@pytest.mark.parametrize("chunks,n_shares", [((100,), 1), ((100,), 3), ((30, 30, 30, 10), 2),
+                                             ((7,) * 13 + (2,), 4), ((3,), 8)])
+def test_share_spans_cover_the_rows_in_equal_shares_within_chunks(chunks, n_shares):
+    shares = learn.share_spans(chunks, n_shares)
     bounds = set(np.cumsum((0, *chunks)).tolist())
-    flat = [piece for lane in lanes for piece in lane]
+    flat = [span for share in shares for span in share]
     assert flat[0][0] == 0 and flat[-1][1] == sum(chunks)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(flat))  # contiguous, no overlap
-    for start, stop in flat:  # no piece crosses a chunk boundary
+    for start, stop in flat:  # no span crosses a chunk boundary
         assert stop > start and not any(start < b < stop for b in bounds)
-    sizes = [sum(stop - start for start, stop in lane) for lane in lanes]
-    assert len(lanes) == min(n_lanes, sum(chunks)) and max(sizes) - min(sizes) <= 1
+    sizes = [sum(stop - start for start, stop in share) for share in shares]
+    assert len(shares) == min(n_shares, sum(chunks)) and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("spans", [[(0, 10_922)], [(0, 10_922), (10_922, 21_844)],
+                                   [(50_000, 54_610), (54_610, 65_532)], [(0, 700)],
+                                   [(0, 3000), (3000, 3100)]])
+def test_share_pieces_tile_each_span_and_end_small(spans):
+    pieces = learn.share_pieces(spans)
+    assert pieces[0][1] == spans[0][0] and pieces[-1][2] == spans[-1][1]
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(pieces))  # contiguous, in order
+    for index, start, stop in pieces:  # inside their span
+        assert spans[index][0] <= start < stop <= spans[index][1]
+    # towards the end the pieces shrink: one ending k rows before the share's end has at most
+    # max(CODE_ROWS, k) rows, so threads taking them in turn end close together
+    end = spans[-1][1]
+    for _, start, stop in pieces:
+        if stop > end - 16 * learn.CODE_ROWS:
+            assert stop - start <= max(learn.CODE_ROWS, end - stop)
+    assert len(pieces) <= len(spans) + len(learn.TAIL_PIECES)
+
+
+def test_threads_coding_one_share_sum_in_piece_order(rng, monkeypatch):
+    """Threads take a share's pieces in turn and finish them in any order; the total is the
+    same, bit for bit, as one thread coding the share alone."""
+    import random
+    import threading
+    import time
+    import uuid
+
+    planted = make_planted(3000, 12, 24, 3, 20.0, random_state=1, dtype=np.float32)
+    atoms = np.ascontiguousarray(planted.atoms, dtype=np.float32)
+    spans = [(0, 1100), (1100, 2400), (2400, 3000)]
+    monkeypatch.setattr(learn, "CODE_ROWS", 64)  # 8 pieces, the smallest of 64 rows
+    args = (planted.data.astype(np.float32), spans)
+    rest = (atoms, 3, 0.0, "omp", 16)
+    alone = learn._share_statistics(*args, uuid.uuid4().hex, *rest)
+
+    chunk_statistics = learn._chunk_statistics
+    jitter = random.Random(0)
+
+    def slow(*a, **k):  # finish pieces out of order
+        time.sleep(jitter.random() * 0.01)
+        return chunk_statistics(*a, **k)
+
+    monkeypatch.setattr(learn, "_chunk_statistics", slow)
+    token, results = uuid.uuid4().hex, []
+    threads = [threading.Thread(target=lambda: results.append(
+        learn._share_statistics(*args, token, *rest))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    totals = [r for r in results if r is not None]
+    assert len(results) == 4 and len(totals) == 1
+    for key, value in alone.items():
+        np.testing.assert_array_equal(totals[0][key], value, err_msg=key)
+    assert learn._SHARES == {}  # a finished share leaves nothing behind
 
 
 def test_lanes_and_block_tasks_give_the_same_fit():
@@ -234,8 +288,9 @@ def test_planted_noise_has_the_requested_snr(snr_db):
 
 
 def test_shares_are_fixed_for_the_fit_and_its_resumption(tmp_path):
-    """A fit resumed on fewer worker threads cuts the rows as the first run did (the count is
-    in the checkpoint), so the statistics are summed in the same order: identical atoms."""
+    """A fit resumed on one thread cuts the rows as the first run on every core did (the
+    count of shares is in the checkpoint) and sums each share's pieces in the same order:
+    identical atoms."""
     from daskdict.datasets import write_planted_store
 
     path = tmp_path / "planted.zarr"
@@ -245,7 +300,7 @@ def test_shares_are_fixed_for_the_fit_and_its_resumption(tmp_path):
     ck = tmp_path / "ck.zarr"
     daskdict.fit(path, n_iter=2, client="threads", checkpoint=ck, **kw)
     state = learn.load_checkpoint(ck)
-    assert state["n_lanes"] == len(runtime.Runtime(scheduler="threads").lanes())
+    assert state["n_shares"] == 1  # one process
     resumed = daskdict.fit(path, n_iter=4, client="sync", checkpoint=ck, **kw)  # one thread
     np.testing.assert_array_equal(resumed.atoms, whole.atoms)
     # resume=False starts over (and overwrites the checkpoint)
@@ -283,5 +338,6 @@ def test_lanes_in_one_process_share_one_gram_matrix(rng):
     other = atoms * 2
     assert learn._lane_gram(other) is not first
     np.testing.assert_allclose(learn._lane_gram(other), other @ other.T, rtol=1e-6)
-    learn._forget_lane_gram(runtime.Runtime(scheduler="sync"))
-    assert learn._GRAM_CACHE == [None, None]
+    learn._SHARES["left-by-an-error"] = None
+    learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
+    assert learn._GRAM_CACHE == [None, None] and learn._SHARES == {}

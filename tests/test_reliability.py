@@ -258,7 +258,7 @@ def _fit_in_thread(store, client, **kw):
 
 def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
                                                   worker_reference, tmp_path):
-    """SIGKILL one of two workers while it runs a lane (chunk) task of iteration >= 3; the nanny
+    """SIGKILL one of two workers while it runs a share (chunk) task of iteration >= 3; the nanny
     restarts it, the lost tasks are recomputed and the fit ends with the undisturbed atoms."""
     client = cluster_client
     client.wait_for_workers(2, timeout=60)
@@ -272,7 +272,7 @@ def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
 
     def busy_worker():
         for address, keys in client.processing().items():
-            busy = any(str(k).startswith(("_lane_statistics", "_chunk_statistics"))
+            busy = any(str(k).startswith(("_share_statistics", "_chunk_statistics"))
                        for k in keys)
             if address in pids and busy:
                 return address
