@@ -363,7 +363,10 @@ class _ShareWork:
             while self.n_folded in self.waiting:
                 self.total = _accumulate(self.total, self.waiting.pop(self.n_folded), n_worst)
                 self.n_folded += 1
-            return self.total if self.n_folded == len(self.pieces) else None
+            if self.n_folded < len(self.pieces):
+                return None
+            total, self.total = self.total, None  # handed over once
+            return total
 
 
 _SHARES_LOCK = threading.Lock()
@@ -395,8 +398,10 @@ def _share_statistics(reader, spans, token, atoms, n_nonzero, tol, coder, n_wors
     Every thread of the worker runs one such task per share; all tasks with the same ``token``
     in one process code the share together, each taking the next piece until none is left.
     Returns the share's statistics from the task that folded the last piece, None from the
-    others. A task that runs alone (elsewhere after its worker was lost, or under the sync
-    scheduler) codes the whole share and returns the same total. ``timings``, a list, receives
+    others (also from one that starts after the share is done: the finished share stays
+    registered, without its sums, until the fit ends). A task that runs alone (elsewhere after
+    its worker was lost, or under the sync scheduler) codes the whole share and returns the
+    same total. ``timings``, a list, receives
     ``(rows, seconds)`` of each piece this task coded (for :func:`daskdict.plan`).
     """
     with _SHARES_LOCK:
@@ -417,8 +422,6 @@ def _share_statistics(reader, spans, token, atoms, n_nonzero, tol, coder, n_wors
             _, start, stop = work.pieces[index]
             timings.append((stop - start, time.perf_counter() - begin))
         if total is not None:
-            with _SHARES_LOCK:
-                _SHARES.pop(token, None)
             return total
     return None
 
