@@ -182,9 +182,11 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
         connected = Client(client)
         try:
             if verbose:
-                print(f"daskdict: {type(client).__name__} with "
-                      f"{len(connected.scheduler_info(n_workers=-1)['workers'])} workers, "
-                      f"dashboard {connected.dashboard_link}", file=sys.stderr)
+                threads = [info.get("nthreads", 1) for info in
+                           connected.scheduler_info(n_workers=-1)["workers"].values()]
+                print(f"daskdict: {type(client).__name__} with {len(threads)} worker(s), "
+                      f"{sum(threads)} thread(s), dashboard {connected.dashboard_link}",
+                      file=sys.stderr)
             yield Runtime(client=connected)
         finally:
             connected.close()
