@@ -212,10 +212,8 @@ def code_block(y, atoms, gram, n_nonzero, tol, coder, buffer=None):
     n_rows = y.shape[0]
     atoms, gram = _as_block(atoms), _as_block(gram)
     sqnorms = np.einsum("ij,ij->i", y, y)
-    if n_rows <= CODE_ROWS and buffer is None:
-        return _kernels.CODERS[coder](y @ atoms.T, gram, sqnorms, n_nonzero, tol)
     indices = np.empty((n_rows, n_nonzero), dtype=np.int32)
-    corr = _correlation_buffer(atoms, y.dtype) if buffer is None else buffer
+    corr = _correlation_buffer(atoms, y.dtype, n_rows) if buffer is None else buffer
     values = np.empty((n_rows, n_nonzero), dtype=corr.dtype)
     for start in range(0, n_rows, CODE_ROWS):
         stop = min(start + CODE_ROWS, n_rows)
@@ -229,8 +227,9 @@ def code_block(y, atoms, gram, n_nonzero, tol, coder, buffer=None):
 _STATISTICS = ("restricted", "coef_sq", "usage", "sums", "row_sum", "worst_err", "worst_rows")
 
 
-def _correlation_buffer(atoms, dtype):
-    return np.empty((CODE_ROWS, atoms.shape[0]), dtype=np.result_type(dtype, atoms))
+def _correlation_buffer(atoms, dtype, n_rows=CODE_ROWS):
+    """Room for the correlations of one sub-block of at most ``n_rows`` (<= CODE_ROWS) rows."""
+    return np.empty((min(n_rows, CODE_ROWS), atoms.shape[0]), dtype=np.result_type(dtype, atoms))
 
 
 def _code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst, buffer=None):
@@ -303,7 +302,7 @@ _GRAM_LOCK = threading.Lock()
 _GRAM_CACHE: list = [None, None]  # [the atoms object, its Gram matrix]
 
 
-def _lane_gram(atoms: np.ndarray) -> np.ndarray:
+def _process_gram(atoms: np.ndarray) -> np.ndarray:
     """The Gram matrix of ``atoms``, made once per process and dictionary.
 
     The tasks of one iteration that run in one process (threads of a worker, or of the
@@ -408,7 +407,7 @@ def _share_statistics(reader, spans, token, atoms, n_nonzero, tol, coder, n_wors
         work = _SHARES.get(token)
         if work is None:
             work = _SHARES[token] = _ShareWork(reader, spans, share_pieces(spans))
-    gram = _lane_gram(atoms)
+    gram = _process_gram(atoms)
     atoms = _as_block(atoms)
     buffer = _correlation_buffer(atoms, atoms.dtype)
     while (claimed := work.claim()) is not None:

@@ -87,17 +87,6 @@ class Runtime:
                 return dask.compute(*values, scheduler="threads", num_workers=n_cores())
             return dask.compute(*values, scheduler="sync")
 
-    def lanes(self) -> list[str | None]:
-        """One entry per task slot (worker thread): its worker's address, or None in process.
-
-        A fit runs one long task per slot, each over an equal share of the rows.
-        """
-        if self.client is not None:
-            workers = self.client.scheduler_info(n_workers=-1)["workers"]
-            return [address for address, info in sorted(workers.items())
-                    for _ in range(info.get("nthreads", 1))] or [None]
-        return [None] * (n_cores() if self.scheduler == "threads" else 1)
-
     def workers(self) -> list[tuple[str | None, int]]:
         """Each worker process: its address (None in process) and its number of threads."""
         if self.client is not None:
@@ -105,6 +94,11 @@ class Runtime:
             return [(address, int(info.get("nthreads", 1)))
                     for address, info in sorted(workers.items())] or [(None, 1)]
         return [(None, n_cores() if self.scheduler == "threads" else 1)]
+
+    def lanes(self) -> list[str | None]:
+        """One entry per task slot (worker thread): its worker's address, or None in process
+        (``daskdict.plan`` calibrates one task per slot)."""
+        return [address for address, n_threads in self.workers() for _ in range(n_threads)]
 
     @property
     def n_workers(self) -> int:
@@ -182,11 +176,10 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
         connected = Client(client)
         try:
             if verbose:
-                threads = [info.get("nthreads", 1) for info in
-                           connected.scheduler_info(n_workers=-1)["workers"].values()]
-                print(f"daskdict: {type(client).__name__} with {len(threads)} worker(s), "
-                      f"{sum(threads)} thread(s), dashboard {connected.dashboard_link}",
-                      file=sys.stderr)
+                workers = Runtime(client=connected).workers()
+                print(f"daskdict: {type(client).__name__} with {len(workers)} worker(s), "
+                      f"{sum(n for _, n in workers)} thread(s), dashboard "
+                      f"{connected.dashboard_link}", file=sys.stderr)
             yield Runtime(client=connected)
         finally:
             connected.close()

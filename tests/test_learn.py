@@ -338,12 +338,12 @@ def test_lanes_in_one_process_share_one_gram_matrix(rng):
     """Threads of one process get the same atoms object per iteration: one Gram matrix is
     made for all of them; a new dictionary gets its own, and the end of a fit frees it."""
     atoms = rng.standard_normal((20, 8)).astype(np.float32)
-    first = learn._lane_gram(atoms)
+    first = learn._process_gram(atoms)
     np.testing.assert_allclose(first, atoms @ atoms.T, rtol=1e-6)
-    assert learn._lane_gram(atoms) is first
+    assert learn._process_gram(atoms) is first
     other = atoms * 2
-    assert learn._lane_gram(other) is not first
-    np.testing.assert_allclose(learn._lane_gram(other), other @ other.T, rtol=1e-6)
+    assert learn._process_gram(other) is not first
+    np.testing.assert_allclose(learn._process_gram(other), other @ other.T, rtol=1e-6)
     learn._SHARES["left-by-an-error"] = None
     learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
     assert learn._GRAM_CACHE == [None, None] and learn._SHARES == {}
