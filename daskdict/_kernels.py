@@ -335,8 +335,12 @@ def _sq_sum(v):
     return acc
 
 
+# Rows whose residuals are kept at once by ``residual_statistics`` (6 MB at d=768 in float32).
+STATISTICS_ROWS = 2048
+
+
 @numba.njit(cache=True, nogil=True)
-def residual_statistics(y, atoms, indices, values, n_worst):
+def residual_statistics(y, atoms, indices, values, n_worst, block_rows=STATISTICS_ROWS):
     """Everything one K-SVD iteration needs from a coded block, in one sweep over its rows.
 
     Parameters
@@ -347,12 +351,15 @@ def residual_statistics(y, atoms, indices, values, n_worst):
         The codes of ``y`` (-1 / 0 padded).
     n_worst : int
         How many of the worst-represented rows to return (for atom replacement).
+    block_rows : int
+        Rows whose residuals are held at once (the result does not depend on it).
 
     Returns
     -------
     restricted : ndarray of shape (n_atoms, n_features), dtype of ``y``
-        Row j is ``sum_i r_i x_ij`` over the rows using atom j, where ``r = y - x D`` (the
-        restricted residual product without its ``d_j |x_j|^2`` term, added after reduction).
+        Row j is ``sum_i r_i x_ij`` over the rows using atom j, in increasing i, where
+        ``r = y - x D`` (the restricted residual product without its ``d_j |x_j|^2`` term,
+        added after reduction).
     coef_sq : ndarray of shape (n_atoms,)
         ``sum_i x_ij^2``.
     usage : ndarray of shape (n_atoms,), int64
@@ -376,41 +383,66 @@ def residual_statistics(y, atoms, indices, values, n_worst):
     sums = np.zeros(5, dtype=np.float64)
     row_sum = np.zeros(n_features, dtype=np.float64)
     err = np.empty(n_samples, dtype=np.float64)
-    r = np.empty(n_features, dtype=y.dtype)
-    for i in range(n_samples):
-        yi = y[i]
-        y_sq = _sq_sum(yi)
-        for f in range(n_features):
-            r[f] = yi[f]
-            row_sum[f] += r[f]
-        for s in range(n_nonzero):
-            j = indices[i, s]
-            if j < 0:
-                continue
-            x = values[i, s]
-            atom = atoms[j]
+    block_rows = max(1, min(block_rows, n_samples))
+    residuals = np.empty((block_rows, n_features), dtype=y.dtype)
+    # The (row, atom) pairs of a block of rows, grouped by atom (a counting sort that keeps the
+    # row order): each row of ``restricted`` is then updated once per block, in atom order,
+    # instead of ten scattered read-modify-writes of 3 KB rows per sample (those stalled on
+    # the cache: a third less time for the whole kernel, measured at d=768, K=3072).
+    first = np.zeros(n_atoms + 1, dtype=np.int64)
+    fill = np.empty(n_atoms, dtype=np.int64)
+    pair_row = np.empty(block_rows * n_nonzero, dtype=np.int64)
+    pair_value = np.empty(block_rows * n_nonzero, dtype=values.dtype)
+    for begin in range(0, n_samples, block_rows):
+        end = min(begin + block_rows, n_samples)
+        first[:] = 0
+        for i in range(begin, end):
+            yi = y[i]
+            r = residuals[i - begin]
+            y_sq = _sq_sum(yi)
             for f in range(n_features):
-                r[f] -= x * atom[f]
-        r_sq = _sq_sum(r)
-        err[i] = r_sq
-        sums[0] += r_sq
-        sums[1] += y_sq
-        if y_sq > 0.0:
-            sums[2] += np.sqrt(r_sq / y_sq)
-            sums[3] += 1.0
-        for s in range(n_nonzero):
-            j = indices[i, s]
-            if j < 0:
+                r[f] = yi[f]
+                row_sum[f] += r[f]
+            for s in range(n_nonzero):
+                j = indices[i, s]
+                if j < 0:
+                    continue
+                x = values[i, s]
+                atom = atoms[j]
+                for f in range(n_features):
+                    r[f] -= x * atom[f]
+                if x != 0.0:
+                    first[j + 1] += 1
+                    sums[4] += 1.0
+                    usage[j] += 1
+                    coef_sq[j] += np.float64(x) * x
+            r_sq = _sq_sum(r)
+            err[i] = r_sq
+            sums[0] += r_sq
+            sums[1] += y_sq
+            if y_sq > 0.0:
+                sums[2] += np.sqrt(r_sq / y_sq)
+                sums[3] += 1.0
+        for j in range(n_atoms):
+            first[j + 1] += first[j]
+            fill[j] = first[j]
+        for i in range(begin, end):
+            for s in range(n_nonzero):
+                j = indices[i, s]
+                if j < 0 or values[i, s] == 0.0:
+                    continue
+                pair_row[fill[j]] = i - begin
+                pair_value[fill[j]] = values[i, s]
+                fill[j] += 1
+        for j in range(n_atoms):
+            if first[j] == first[j + 1]:
                 continue
-            x = values[i, s]
-            if x == 0.0:
-                continue
-            sums[4] += 1.0
-            usage[j] += 1
-            coef_sq[j] += np.float64(x) * x
             row = restricted[j]
-            for f in range(n_features):
-                row[f] += x * r[f]
+            for p in range(first[j], first[j + 1]):
+                x = pair_value[p]
+                r = residuals[pair_row[p]]
+                for f in range(n_features):
+                    row[f] += x * r[f]
     m = min(n_worst, n_samples)
     order = np.argsort(-err)[:m]
     worst_err = err[order]

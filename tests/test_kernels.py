@@ -74,13 +74,16 @@ def test_omp_recovers_exact_sparse_codes(rng):
     np.testing.assert_allclose(dense_codes(indices, values, 80), truth, atol=1e-8)
 
 
-def test_residual_statistics_against_numpy(rng):
+@pytest.mark.parametrize("block_rows", [1, 7, 2048])
+def test_residual_statistics_against_numpy(rng, block_rows):
     y, atoms, gram, corr, sq = _problem(rng)
     indices, values = _kernels.batch_omp(corr, gram, sq, 5, 0.0)
+    indices[3, 2:], values[3, 2:] = -1, 0.0  # a shorter code, and a zero coefficient
+    values[4, 1] = 0.0
     x = dense_codes(indices, values, atoms.shape[0])
     residual = y - x @ atoms
-    restricted, coef_sq, usage, sums, row_sum, worst_err, worst_rows = (
-        _kernels.residual_statistics(y, atoms, indices, values, 7))
+    stats = _kernels.residual_statistics(y, atoms, indices, values, 7, block_rows)
+    restricted, coef_sq, usage, sums, row_sum, worst_err, worst_rows = stats
     np.testing.assert_allclose(restricted, x.T @ residual, atol=1e-10)
     np.testing.assert_allclose(coef_sq, (x**2).sum(0))
     np.testing.assert_array_equal(usage, (x != 0).sum(0))
@@ -91,6 +94,11 @@ def test_residual_statistics_against_numpy(rng):
     order = np.argsort(-errors)[:7]
     np.testing.assert_allclose(worst_err, errors[order])
     np.testing.assert_array_equal(worst_rows, y[order])
+    # the rows are grouped by atom within blocks of rows, but each atom's sum runs in row
+    # order: the same bits whatever the block size
+    whole = _kernels.residual_statistics(y, atoms, indices, values, 7, len(y))
+    for got, expected in zip(stats, whole, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_codes_times_atoms(rng):
