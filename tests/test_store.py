@@ -79,3 +79,38 @@ def test_missing_chunk_file_is_an_error_not_zeros(tmp_path, rng):
     (tmp_path / "s.zarr" / "layers" / "final" / "c" / "2" / "0").unlink()
     with pytest.raises(daskdict.CorruptChunkError, match="1 of the 3 chunks"):
         as_dask_array(tmp_path / "s.zarr")
+
+
+def test_chunks_in_the_default_layout_are_read_directly_and_checked(tmp_path, rng):
+    """Rows inside one chunk of a store in the default layout (raw bytes and a CRC32C) are
+    read from the chunk file, as Zarr reads them; a chunk failing its checksum is left to
+    Zarr, which names it; other layouts are read by Zarr."""
+    from zarr.codecs import ZstdCodec
+
+    from daskdict.store import _read_plain_chunk, open_rows
+
+    data = rng.standard_normal((250, 6)).astype(np.float32)
+    daskdict.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=100)
+    _, _, reader = open_rows(tmp_path / "s.zarr")
+    assert reader._folder is not None
+    for rows in [slice(0, 100), slice(100, 200), slice(130, 140), slice(200, 250),
+                 slice(90, 120)]:  # the last spans two chunks: Zarr reads it
+        direct = reader._direct(rows)
+        assert (direct is None) == (rows.start == 90)
+        np.testing.assert_array_equal(reader[rows], data[rows])
+    assert reader[130:140].base is None  # a few rows are copied out of the chunk
+    assert reader[100:200].flags.c_contiguous
+    chunk = tmp_path / "s.zarr" / "layers" / "final" / "c" / "1" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[40] ^= 0xFF  # one flipped bit pattern inside the data: the checksum fails
+    chunk.write_bytes(bytes(raw))
+    assert _read_plain_chunk(str(chunk.parent.parent.parent), "c/1/0", (100, 6),
+                             np.dtype(np.float32)) is None
+    with pytest.raises(daskdict.CorruptChunkError, match="100–199"):
+        reader[100:200]
+    packed = tmp_path / "packed.zarr"
+    zarr.create_array(packed, shape=data.shape, chunks=(100, 6), dtype="float32",
+                      compressors=[ZstdCodec()])[...] = data
+    _, _, other = open_rows(packed)
+    assert other._folder is None
+    np.testing.assert_array_equal(other[100:200], data[100:200])
