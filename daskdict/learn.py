@@ -39,6 +39,7 @@ from typing import Any
 
 import dask
 import numpy as np
+import scipy.linalg.blas
 import zarr
 
 from . import _kernels
@@ -190,9 +191,24 @@ def raise_for_bad_rows(n_bad: int, first_bad: int) -> None:
         )
 
 
+# Rows of the Gram matrix per product. Made in fixed row blocks everywhere, so that the threads
+# of a worker can share the blocks out (``_process_gram``) and still make the same bits as one
+# thread alone.
+GRAM_ROWS = 256
+
+
+def _gram_block(atoms: np.ndarray, gram: np.ndarray, start: int) -> None:
+    stop = start + GRAM_ROWS
+    np.matmul(atoms[start:stop], atoms.T, out=gram[start:stop])
+
+
 def gram_matrix(atoms: np.ndarray) -> np.ndarray:
     """``D D^T``, shape (n_atoms, n_atoms)."""
-    return atoms @ atoms.T
+    atoms = _as_block(atoms)
+    gram = np.empty((atoms.shape[0], atoms.shape[0]), dtype=atoms.dtype)
+    for start in range(0, atoms.shape[0], GRAM_ROWS):
+        _gram_block(atoms, gram, start)
+    return gram
 
 
 # Rows coded per GEMM. The correlations of a sub-block stay in cache for the coder and their
@@ -298,23 +314,64 @@ def share_pieces(spans: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
     return pieces
 
 
+class _SharedGram:
+    """A Gram matrix made by the threads that need it, each taking the next row block, as
+    :func:`gram_matrix` makes it (the same bits): the first thread of an iteration no longer
+    makes it alone while the others wait (0.15 s an iteration at d=768, K=3072)."""
+
+    def __init__(self, atoms):
+        self.atoms = _as_block(atoms)
+        n_atoms = self.atoms.shape[0]
+        self.gram = np.empty((n_atoms, n_atoms), dtype=self.atoms.dtype)
+        self.starts = range(0, n_atoms, GRAM_ROWS)
+        self.next_block = self.n_done = 0
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+
+    def make(self) -> np.ndarray:
+        """Make blocks until none is left; the matrix once every block is made."""
+        while True:
+            with self.changed:
+                if self.next_block == len(self.starts) or self.error is not None:
+                    break
+                start = self.starts[self.next_block]
+                self.next_block += 1
+            try:
+                _gram_block(self.atoms, self.gram, start)
+            except BaseException as error:  # (MemoryError) the others must not wait forever
+                with self.changed:
+                    self.error = error
+                    self.changed.notify_all()
+                raise
+            with self.changed:
+                self.n_done += 1
+                if self.n_done == len(self.starts):
+                    self.changed.notify_all()
+        with self.changed:
+            self.changed.wait_for(
+                lambda: self.n_done == len(self.starts) or self.error is not None)
+            if self.error is not None:
+                raise RuntimeError("another thread failed to make the Gram matrix") from self.error
+        return self.gram
+
+
 _GRAM_LOCK = threading.Lock()
-_GRAM_CACHE: list = [None, None]  # [the atoms object, its Gram matrix]
+_GRAM_CACHE: list = [None, None]  # [the atoms object, its _SharedGram]
 
 
 def _process_gram(atoms: np.ndarray) -> np.ndarray:
     """The Gram matrix of ``atoms``, made once per process and dictionary.
 
     The tasks of one iteration that run in one process (threads of a worker, or of the
-    in-process scheduler) receive the same atoms object; the first makes the Gram matrix and
-    the others wait for it, so the threads share one copy in the CPU's cache instead of each
-    making and streaming its own.
+    in-process scheduler) receive the same atoms object; they make its Gram matrix together
+    and share one copy in the CPU's cache instead of each making and streaming its own.
     """
     with _GRAM_LOCK:
-        if _GRAM_CACHE[0] is not atoms:
+        if _GRAM_CACHE[0] is not atoms or _GRAM_CACHE[1].error is not None:
             _GRAM_CACHE[:] = [None, None]  # free the last iteration's before making this one
-            _GRAM_CACHE[:] = [atoms, gram_matrix(_as_block(atoms))]
-        return _GRAM_CACHE[1]
+            _GRAM_CACHE[:] = [atoms, _SharedGram(atoms)]
+        shared = _GRAM_CACHE[1]
+    return shared.make()
 
 
 class _ShareWork:
@@ -527,29 +584,51 @@ def approx_update(atoms: np.ndarray, stats: dict) -> np.ndarray:
     return new
 
 
+def _largest_coherence(single: np.ndarray) -> np.ndarray:
+    """``max_{k != j} |d_j . d_k|`` for every atom j, shape (n_atoms,).
+
+    From the upper triangle of the Gram matrix (``ssyrk``: half the work of the full product,
+    0.05 s instead of 0.11 s at 3072 x 768): row j's largest entry off the diagonal is the
+    larger of its row's and its column's in the triangle.
+    """
+    upper = scipy.linalg.blas.ssyrk(1.0, single.T, trans=1)  # (a Fortran view: no copy)
+    np.abs(upper, out=upper)
+    np.fill_diagonal(upper, 0.0)
+    return np.maximum(upper.max(axis=0), upper.max(axis=1))
+
+
 def replace_atoms(atoms: np.ndarray, stats: dict) -> tuple[np.ndarray, int]:
     """Replace unused and near-duplicate atoms by the worst-represented samples.
 
-    Returns the atoms and how many were replaced.
+    Atoms are checked in order, each against the atoms as they are by then (earlier
+    replacements included). Returns the atoms and how many were replaced.
     """
     atoms = atoms.copy()
     candidates = stats["worst_rows"][stats["worst_err"] > 0]
     # float32 is ample to compare coherences with 0.99, and twice as fast as float64
-    single = atoms.astype(np.float32)
-    gram = np.abs(single @ single.T)
-    np.fill_diagonal(gram, 0.0)
+    single = np.ascontiguousarray(atoms, dtype=np.float32)
+    coherence = _largest_coherence(single)
     replaced = 0
     for j in range(atoms.shape[0]):
-        if stats["usage"][j] >= MIN_ATOM_USAGE and gram[j].max() <= MAX_COHERENCE:
+        if stats["usage"][j] >= MIN_ATOM_USAGE and coherence[j] <= MAX_COHERENCE:
             continue
         if replaced >= len(candidates):
             break
         row = np.asarray(candidates[replaced], dtype=np.float64)
         atoms[j] = row / np.linalg.norm(row)
-        column = np.abs(single @ atoms[j].astype(np.float32))
+        before = np.abs(single @ single[j])
         single[j] = atoms[j]
-        column[j] = 0.0
-        gram[j], gram[:, j] = column, column
+        after = np.abs(single @ single[j])
+        before[j] = after[j] = 0.0
+        # an atom whose most coherent partner was the old atom j is measured again (with a
+        # margin: the triangle and these products may round the same entry differently)
+        again = np.flatnonzero((before >= coherence - 1e-4) & (after < before))
+        np.maximum(coherence, after, out=coherence)
+        coherence[j] = after.max()
+        for k in again:
+            column = np.abs(single @ single[k])
+            column[k] = 0.0
+            coherence[k] = column.max()
         replaced += 1
     return atoms, replaced
 

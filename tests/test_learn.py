@@ -1,4 +1,7 @@
+import concurrent.futures
 import itertools
+import threading
+import time
 import warnings
 
 import dask.array as da
@@ -129,6 +132,49 @@ def test_unused_and_duplicate_atoms_are_replaced(rng):
     np.fill_diagonal(gram, 0)
     assert gram.max() <= 0.99
     assert model.history[0]["replaced_atoms"] >= 1
+
+
+def _replace_atoms_reference(atoms, stats):
+    """replace_atoms over the whole coherence matrix, updated after every replacement."""
+    atoms = atoms.copy()
+    candidates = stats["worst_rows"][stats["worst_err"] > 0]
+    coherence = np.abs(atoms @ atoms.T)
+    np.fill_diagonal(coherence, 0.0)
+    replaced = 0
+    for j in range(len(atoms)):
+        if stats["usage"][j] >= learn.MIN_ATOM_USAGE and coherence[j].max() <= learn.MAX_COHERENCE:
+            continue
+        if replaced == len(candidates):
+            break
+        atoms[j] = candidates[replaced] / np.linalg.norm(candidates[replaced])
+        column = np.abs(atoms @ atoms[j])
+        column[j] = 0.0
+        coherence[j], coherence[:, j] = column, column
+        replaced += 1
+    return atoms, replaced
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replace_atoms_follows_the_replacements_made_before(seed):
+    """Atoms are checked in order against the dictionary as it is by then: a duplicate whose
+    twin was replaced earlier stays, and a sample that duplicates a later atom makes that one
+    go. The same atoms as the reference over the whole coherence matrix."""
+    rng = np.random.default_rng(seed)
+    atoms = unit_rows(rng.standard_normal((200, 16)))
+    for i in rng.choice(200, 40, replace=False):  # near-duplicates, some of them chained
+        atoms[i] = atoms[rng.integers(200)] + rng.normal(0, 0.02 * rng.random(), 16)
+    atoms = unit_rows(atoms)
+    usage = rng.integers(0, 30, 200)
+    worst = rng.standard_normal((60, 16))
+    worst[:20] = 3 * atoms[rng.choice(200, 20)]  # candidates that duplicate atoms
+    stats = {"usage": usage, "worst_rows": worst,
+             "worst_err": np.linspace(1.0, -0.2, 60) if seed % 2 else np.ones(60)}
+    got, n_got = learn.replace_atoms(atoms, stats)
+    expected, n_expected = _replace_atoms_reference(atoms, stats)
+    assert n_got == n_expected > 0
+    np.testing.assert_array_equal(np.any(got != atoms, axis=1),
+                                  np.any(expected != atoms, axis=1))
+    np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("init", ["data", "kmeans++", "random"])
@@ -347,3 +393,38 @@ def test_lanes_in_one_process_share_one_gram_matrix(rng):
     learn._SHARES["left-by-an-error"] = None
     learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
     assert learn._GRAM_CACHE == [None, None] and learn._SHARES == {}
+
+
+def test_threads_make_one_gram_matrix_together(rng, monkeypatch):
+    """Threads arriving together share the row blocks out and all get the matrix that
+    gram_matrix makes alone, bit for bit; a failed block fails every thread, and the next
+    call makes the matrix again."""
+    atoms = rng.standard_normal((600, 24)).astype(np.float32)  # 2 full blocks and a part
+    expected = learn.gram_matrix(atoms)
+    np.testing.assert_allclose(expected, atoms @ atoms.T, rtol=1e-5, atol=1e-5)
+    made = []
+    real_block = learn._gram_block
+
+    def slow_block(atoms, gram, start):
+        made.append((threading.get_ident(), start))
+        time.sleep(0.05)  # every thread arrives before the blocks run out
+        real_block(atoms, gram, start)
+
+    monkeypatch.setattr(learn, "_gram_block", slow_block)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        grams = list(pool.map(lambda _: learn._process_gram(atoms), range(3)))
+    assert all(gram is grams[0] for gram in grams)
+    np.testing.assert_array_equal(grams[0], expected)
+    assert sorted(start for _, start in made) == [0, 256, 512]
+    assert len({thread for thread, _ in made}) > 1
+
+    def failing_block(atoms, gram, start):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(learn, "_gram_block", failing_block)
+    other = atoms * 2
+    with pytest.raises(MemoryError):
+        learn._process_gram(other)
+    monkeypatch.setattr(learn, "_gram_block", real_block)
+    np.testing.assert_array_equal(learn._process_gram(other), learn.gram_matrix(other))
+    learn._clear_worker_state()
