@@ -193,8 +193,9 @@ def raise_for_bad_rows(n_bad: int, first_bad: int) -> None:
 
 # Rows of the Gram matrix per product. Made in fixed row blocks everywhere, so that the threads
 # of a worker can share the blocks out (``_process_gram``) and still make the same bits as one
-# thread alone.
-GRAM_ROWS = 256
+# thread alone. Blocks of 512 rows cost about what one product does (0.21 s against 0.18-0.24 s
+# at K=3072, d=768, one thread; 256 rows cost up to 2x: BLAS packs all atoms for every block).
+GRAM_ROWS = 512
 
 
 def _gram_block(atoms: np.ndarray, gram: np.ndarray, start: int) -> None:
@@ -578,10 +579,11 @@ def approx_update(atoms: np.ndarray, stats: dict) -> np.ndarray:
     """All atoms from one power step: ``d_j ∝ E_w^T x_wj = sum r_i x_ij + d_j |x_j|^2``."""
     direction = stats["restricted"] + atoms * stats["coef_sq"][:, None]
     norms = np.linalg.norm(direction, axis=1)
-    new = atoms.astype(np.float64, copy=True)
     ok = norms > 0
-    new[ok] = direction[ok] / norms[ok, None]
-    return new
+    # in place (masked copies of the whole matrix took 40% of the time)
+    np.divide(direction, norms[:, None], out=direction, where=ok[:, None])
+    direction[~ok] = atoms[~ok]  # unused atoms stay as they were
+    return direction
 
 
 def _largest_coherence(single: np.ndarray) -> np.ndarray:

@@ -399,6 +399,7 @@ def test_threads_make_one_gram_matrix_together(rng, monkeypatch):
     """Threads arriving together share the row blocks out and all get the matrix that
     gram_matrix makes alone, bit for bit; a failed block fails every thread, and the next
     call makes the matrix again."""
+    monkeypatch.setattr(learn, "GRAM_ROWS", 256)
     atoms = rng.standard_normal((600, 24)).astype(np.float32)  # 2 full blocks and a part
     expected = learn.gram_matrix(atoms)
     np.testing.assert_allclose(expected, atoms @ atoms.T, rtol=1e-5, atol=1e-5)
