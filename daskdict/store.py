@@ -170,7 +170,9 @@ def create_store(
         Bytes-to-bytes codecs of the layers. By default a CRC32C checksum per chunk and no
         compression: float32 embeddings shrink by under 10% with zstd, reading them
         uncompressed is about twice as fast (every K-SVD iteration reads every chunk), and the
-        checksum still turns a damaged chunk into an error instead of wrong numbers.
+        checksum still turns a damaged chunk into an error instead of wrong numbers. Chunks in
+        this layout are read straight from their files (checksum checked), at about twice
+        Zarr's speed.
 
     Returns
     -------
