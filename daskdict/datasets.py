@@ -217,8 +217,13 @@ def planted_captions(indices: np.ndarray, values: np.ndarray, names: list[str], 
         words = [FILLER_WORDS[fillers[row, 0]]]
         if two_fillers[row]:
             words.append(FILLER_WORDS[fillers[row, 1]])
-        text = f"a {' '.join(words)} of a " + (
-            ", a ".join(named[:-1]) + " and a " + named[-1] if len(named) > 1 else named[0])
+        if not named:  # a row without planted concepts (all-zero codes)
+            subject = "blank scene"
+        elif len(named) == 1:
+            subject = named[0]
+        else:
+            subject = ", a ".join(named[:-1]) + " and a " + named[-1]
+        text = f"a {' '.join(words)} of a {subject}"
         if contexts:
             text += " in a " + " and ".join(contexts) + " setting"
         captions.append(text)

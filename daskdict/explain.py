@@ -110,16 +110,24 @@ class Explanations:
         return path
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write the table as CSV; list columns are JSON-encoded cells."""
+        """Write the table as CSV; list columns are JSON-encoded cells.
+
+        Columns a method adds to the standard ones (FALCON's ``removed_words``, ``n_high``,
+        ``n_low``) follow them, every cell JSON-encoded (empty where a row lacks it).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        extra = [key for key in dict.fromkeys(k for row in self.rows for k in row)
+                 if key not in COLUMNS]
         with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, *extra])
             writer.writeheader()
             for row in self.rows:
-                writer.writerow({key: (json.dumps(row.get(key), default=_json_default)
-                                       if key in _LIST_COLUMNS else row.get(key))
-                                 for key in COLUMNS})
+                cells = {key: (json.dumps(row.get(key), default=_json_default)
+                               if key in _LIST_COLUMNS else row.get(key)) for key in COLUMNS}
+                cells.update({key: json.dumps(row[key], default=_json_default)
+                              for key in extra if key in row})
+                writer.writerow(cells)
         return path
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -135,12 +143,15 @@ class Explanations:
         if path.suffix == ".csv":
             with path.open(newline="", encoding="utf-8") as handle:
                 rows = []
-                for record in csv.DictReader(handle):
+                reader = csv.DictReader(handle)
+                extra = [key for key in reader.fieldnames or () if key not in COLUMNS]
+                for record in reader:
                     row = {key: json.loads(record[key]) if key in _LIST_COLUMNS
                            else record[key] for key in COLUMNS}
                     row["n_active"] = int(row["n_active"])
                     row["frequency"] = float(row["frequency"])
                     row["score"] = float(row["score"]) if row["score"] else float("nan")
+                    row.update({key: json.loads(record[key]) for key in extra if record[key]})
                     rows.append(row)
             return cls(rows, {"source": str(path)})
         payload = json.loads(path.read_text())

@@ -149,6 +149,22 @@ def test_explanations_round_trip_json_csv_and_dataframe(named, tmp_path):
     assert isinstance(frame, pd.DataFrame) and len(frame) == 64 and "themes" in frame
 
 
+def test_csv_keeps_the_columns_a_method_adds(tmp_path):
+    """FALCON's rows carry removed_words, n_high and n_low: a CSV keeps them, typed."""
+    base = {"n_active": 3, "frequency": 0.5, "top_items": ["a", "b"], "top_rows": [4, 7],
+            "top_captions": ["a cat", "a cat, indoors"], "themes": ["cat"],
+            "theme_scores": [0.31], "summary": "cat", "score": 0.31, "status": "ok"}
+    rows = [{"atom": 0, **base, "removed_words": ["photo"], "n_high": 12, "n_low": 40},
+            {"atom": 1, **base, "removed_words": [], "n_high": 0, "n_low": 52},
+            {"atom": 2, **base}]
+    loaded = Explanations.load(Explanations(rows, {"method": "falcon"}).save(
+        tmp_path / "falcon.csv"))
+    assert loaded[0]["removed_words"] == ["photo"] and loaded[0]["n_high"] == 12
+    assert loaded[1]["removed_words"] == [] and loaded[1]["n_low"] == 52
+    assert "n_high" not in loaded[2]
+    assert loaded[0]["themes"] == ["cat"] and loaded[0]["score"] == 0.31
+
+
 def test_inactive_atoms_and_bad_input_are_named():
     indices = np.array([[0, -1], [0, 1], [1, -1]], dtype=np.int32)
     values = np.array([[1.0, 0.0], [0.5, 2.0], [1.0, 0.0]])
