@@ -153,7 +153,7 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
     corr = None
     # driver side (runs in the client process with its default BLAS threads)
     driver = {}
-    driver[f"merge {n_workers} share statistics"] = timed(
+    driver[f"merge {n_workers} share statistics (on a worker)"] = timed(
         lambda: _merge_statistics([stats] * n_workers, n_worst), repeats)
     merged = _merge_statistics([stats] * n_chunks, n_worst)
     driver["approx_update"] = timed(lambda: approx_update(atoms, merged), repeats)

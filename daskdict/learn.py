@@ -499,11 +499,30 @@ def _accumulate(total, stats, n_worst):
     return total
 
 
-def _tree_reduce(parts, n_worst, split_every=8):
-    while len(parts) > 1:
+# Statistics merged per task of the reduction tree (as many shares' as arrive at one worker).
+MERGE_EVERY = 8
+
+
+def _tree_reduce(parts, n_worst, split_every=MERGE_EVERY):
+    """Merge statistics by a tree of tasks on the workers, in order, at least once: the driver
+    receives one set (19 MB at K=3072, d=768), however many workers made them.
+
+    The tree depends only on the number of parts, so its sums are the same every time.
+    """
+    while True:
         parts = [dask.delayed(_merge_statistics)(parts[i:i + split_every], n_worst)
                  for i in range(0, len(parts), split_every)]
-    return parts[0]
+        if len(parts) == 1:
+            return parts[0]
+
+
+def _share_total(*results):
+    """A share's statistics, from the results of its tasks (the one that folded the last
+    piece holds them; a share coded twice, elsewhere after a lost worker, has equal sums)."""
+    for result in results:
+        if result is not None:
+            return result
+    raise RuntimeError("no task of a share returned its statistics")
 
 
 def _exact_ksvd_block(y, atoms, gram, n_nonzero, tol, coder, n_worst, order, batch_size):
@@ -959,23 +978,17 @@ def _iterate(data, reader, atoms, params: FitParams, rt: Runtime, rng, n_rows, n
         workers = rt.workers()
         token = uuid.uuid4().hex
         shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
-        parts, owners = [], []
-        shares = share_spans(data.chunks[0], n_shares)
-        for share, spans in enumerate(shares):
+        totals = []
+        for share, spans in enumerate(share_spans(data.chunks[0], n_shares)):
             worker, n_threads = workers[share % len(workers)]
             # each share prefers its own worker, one task per thread; another worker takes
             # them if that one is lost (and codes the whole share there: the same sums)
             placement = {"workers": [worker], "allow_other_workers": True} if worker else {}
             with dask.annotate(**placement):
-                parts += [dask.delayed(_share_statistics)(
+                totals.append(dask.delayed(_share_total)(*[dask.delayed(_share_statistics)(
                     shared_reader, spans, f"{token}-{share}", shared_atoms, params.n_nonzero,
-                    params.tol, params.coder, n_worst) for _ in range(n_threads)]
-            owners += [share] * n_threads
-        totals: dict[int, dict] = {}
-        for share, total in zip(owners, rt.compute(*parts), strict=True):
-            if total is not None:  # two if a share was also coded elsewhere: equal sums
-                totals.setdefault(share, total)
-        stats = _merge_statistics([totals[share] for share in range(len(shares))], n_worst)
+                    params.tol, params.coder, n_worst) for _ in range(n_threads)]))
+        (stats,) = rt.compute(_tree_reduce(totals, n_worst))
         new_atoms = approx_update(atoms, stats)
     else:
         blocks = data.to_delayed().ravel()

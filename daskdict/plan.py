@@ -10,15 +10,23 @@ width):
 * ``t_row``: coding and summarising one row (correlation GEMM, Batch-OMP, the statistics,
   and reading it), from the pieces of a calibration lane after its first (whose caches are
   cold);
-* ``t_gather``: receiving one share's statistics (n_atoms x n_features float64) at the driver;
-* ``t_driver(n_shares)``: merging the shares' statistics, the atom update and the
-  replacements, timed here.
+* ``t_gather``: receiving one share's statistics (n_atoms x n_features float64) from another
+  process;
+* ``t_merge``: adding one share's statistics to a merge (timed here);
+* ``t_driver``: the atom update and the replacements (timed here).
 
 A fit cuts the rows into one share per worker process, which the worker's T threads code
-together. The model of one iteration over N rows on W workers is then the time of the slowest
-share plus the driver's work::
+together; the shares' statistics are merged on the workers by a tree of up to 8 at a time
+(each merge receives all but one of its parts from other workers), and the driver receives
+the root. The model of one iteration over N rows on W workers is then the time of the slowest
+share, the merges along the tree and the driver's work::
 
-    t_iter = t_gram + ceil(N / (W T)) * t_row + W * t_gather + t_driver(W)
+    t_iter = t_gram + ceil(N / (W T)) * t_row
+             + sum over the tree's levels of ((m - 1) * t_gather + m * t_merge)
+             + t_gather + t_driver
+
+where m is the number of parts per merge at that level (min(8, parts left)): one level of W
+parts up to 8 workers, two up to 64, three up to 512.
 
 Memory does not grow with N: a worker holds the dictionary, its Gram matrix, the statistics,
 one chunk and the coder's buffers. The peak resident memory of the calibration tasks is
@@ -43,6 +51,7 @@ import numpy as np
 from .errors import InvalidInputError
 from .learn import (
     CODE_ROWS,
+    MERGE_EVERY,
     _forget_worker_state,
     _merge_statistics,
     _share_statistics,
@@ -68,8 +77,10 @@ class Plan:
     arrays_per_worker_bytes : dict of str to int
         The large arrays a worker holds (analytic), for reading the memory figure.
     calibration : dict
-        The measured pieces: ``t_gram``, ``t_row``, ``t_gather``, ``t_driver`` (seconds),
-        ``rows``, ``threads`` (worker threads calibrated at once) and ``where``.
+        The measured pieces (seconds): ``t_gram``, ``t_row``, ``t_gather``,
+        ``t_driver_base`` (the driver's update) and ``t_driver_per_lane`` (merging one share's
+        statistics), with ``rows``, ``threads`` (worker threads calibrated at once) and
+        ``where``.
     """
 
     n_samples: int
@@ -112,9 +123,15 @@ class Plan:
 
 
 def _model(cal: dict, n_samples: int, n_workers: int, threads_per_worker: int) -> float:
-    driver = cal["t_driver_base"] + cal["t_driver_per_lane"] * n_workers
+    merging, parts = 0.0, n_workers
+    while True:  # the levels of the merge tree (learn._tree_reduce)
+        per_merge = min(parts, MERGE_EVERY)
+        merging += (per_merge - 1) * cal["t_gather"] + per_merge * cal["t_driver_per_lane"]
+        parts = math.ceil(parts / MERGE_EVERY)
+        if parts == 1:
+            break
     return (cal["t_gram"] + math.ceil(n_samples / (n_workers * threads_per_worker))
-            * cal["t_row"] + n_workers * cal["t_gather"] + driver)
+            * cal["t_row"] + merging + cal["t_gather"] + cal["t_driver_base"])
 
 
 def _calibrate_lane(reader: Any, pieces: list[tuple[int, int]], atoms: np.ndarray,
@@ -274,7 +291,7 @@ def _where(client: Any) -> str:
 
 
 def _time_driver(atoms: np.ndarray, stats: dict, repeats: int = 3) -> tuple[float, float]:
-    """Driver seconds per iteration: a fixed part and a part per lane merged."""
+    """Seconds of the driver's update per iteration, and of merging one share's statistics."""
     n_worst = stats["worst_err"].size
 
     def once(n_lanes):

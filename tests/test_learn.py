@@ -4,6 +4,7 @@ import threading
 import time
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -429,3 +430,34 @@ def test_threads_make_one_gram_matrix_together(rng, monkeypatch):
     monkeypatch.setattr(learn, "_gram_block", real_block)
     np.testing.assert_array_equal(learn._process_gram(other), learn.gram_matrix(other))
     learn._clear_worker_state()
+
+
+def test_statistics_merge_by_a_fixed_tree(rng):
+    """Shares' statistics are merged by a tree of tasks, 8 at a time: the sums of 20 shares
+    (three merges, then the root) equal one merge of all of them, the worst rows are the worst
+    of all, and the same tree gives the same bits every time."""
+    def part(n_worst=5):
+        err = np.sort(rng.random(n_worst))[::-1]
+        return {"restricted": rng.standard_normal((6, 4)), "coef_sq": rng.random(6),
+                "usage": rng.integers(0, 9, 6), "sums": rng.random(5), "row_sum": rng.random(4),
+                "worst_err": err, "worst_rows": rng.standard_normal((n_worst, 4))}
+
+    parts = [part() for _ in range(20)]
+    tree = learn._tree_reduce([dask.delayed(p) for p in parts], 5)
+    (merged,) = dask.compute(tree, scheduler="sync")
+    flat = learn._merge_statistics(parts, 5)
+    for key in ("restricted", "coef_sq", "sums", "row_sum"):
+        np.testing.assert_allclose(merged[key], flat[key], rtol=1e-12)
+    np.testing.assert_array_equal(merged["usage"], flat["usage"])
+    np.testing.assert_array_equal(merged["worst_err"], flat["worst_err"])
+    np.testing.assert_array_equal(merged["worst_rows"], flat["worst_rows"])
+    (again,) = dask.compute(learn._tree_reduce([dask.delayed(p) for p in parts], 5),
+                            scheduler="threads")
+    for key, value in merged.items():
+        np.testing.assert_array_equal(again[key], value)
+    # one share is merged once too (the driver always gets float64 sums)
+    (single,) = dask.compute(learn._tree_reduce([dask.delayed(parts[0])], 5), scheduler="sync")
+    np.testing.assert_array_equal(single["restricted"], parts[0]["restricted"])
+    assert learn._share_total(None, parts[3], None) is parts[3]
+    with pytest.raises(RuntimeError, match="no task"):
+        learn._share_total(None, None)

@@ -1,6 +1,8 @@
+
 """``daskdict.plan``: a calibrated scaling model (its accuracy is measured by bench_plan.py)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -80,3 +82,21 @@ def test_plan_bad_input(kwargs, message):
 def test_plan_needs_data_or_width():
     with pytest.raises(InvalidInputError, match="n_features"):
         daskdict.plan(n_samples=1000, n_workers=1, client="threads")
+
+
+def test_model_merges_the_shares_by_a_tree():
+    """Up to 8 workers, one merge receives every other share (W t_gather, W merges); beyond,
+    each level of the tree costs one merge of up to 8, so 64 workers pay two levels, not 64."""
+    from daskdict.plan import _model
+
+    cal = {"t_gram": 0.1, "t_row": 1e-5, "t_gather": 0.05, "t_driver_base": 0.2,
+           "t_driver_per_lane": 0.01}
+    n_samples, threads = 10_000_000, 4
+    for n_workers in (1, 2, 8):
+        flat = (0.1 + math.ceil(n_samples / (n_workers * threads)) * 1e-5 + n_workers * 0.05
+                + 0.2 + 0.01 * n_workers)
+        assert _model(cal, n_samples, n_workers, threads) == pytest.approx(flat)
+    coding = math.ceil(n_samples / (64 * threads)) * 1e-5
+    two_levels = 2 * (7 * 0.05 + 8 * 0.01)
+    assert _model(cal, n_samples, 64, threads) == pytest.approx(
+        0.1 + coding + two_levels + 0.05 + 0.2)
