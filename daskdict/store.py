@@ -395,7 +395,9 @@ class _CheckedZarrRows:
 
     def _direct(self, key) -> np.ndarray | None:
         rows, columns = key if isinstance(key, tuple) and len(key) == 2 else (key, slice(None))
-        if self._folder is None or not isinstance(rows, slice) or columns != slice(None):
+        width = self.shape[1]
+        if (self._folder is None or not isinstance(rows, slice) or not isinstance(columns, slice)
+                or columns.indices(width) != (0, width, 1)):  # (dask asks for slice(0, width))
             return None
         start, stop, step = rows.indices(self.shape[0])
         chunk_rows = self.array.chunks[0]
@@ -407,9 +409,9 @@ class _CheckedZarrRows:
         if chunk is None:
             return None
         offset = index * chunk_rows
-        rows = chunk[start - offset:stop - offset]
+        part = chunk[start - offset:stop - offset]
         # a view would keep the whole chunk alive for a few of its rows
-        return rows if 2 * len(rows) >= chunk_rows else rows.copy()
+        return part if 2 * len(part) >= chunk_rows else part.copy()
 
     def __getitem__(self, key):
         direct = self._direct(key)

@@ -99,6 +99,9 @@ def test_chunks_in_the_default_layout_are_read_directly_and_checked(tmp_path, rn
         assert (direct is None) == (rows.start == 90)
         np.testing.assert_array_equal(reader[rows], data[rows])
     assert reader[130:140].base is None  # a few rows are copied out of the chunk
+    assert reader._direct((slice(100, 200), slice(0, 6))) is not None  # as dask asks
+    assert reader._direct((slice(100, 200), slice(0, 3))) is None
+    np.testing.assert_array_equal(reader[100:200, 0:3], data[100:200, 0:3])
     assert reader[100:200].flags.c_contiguous
     chunk = tmp_path / "s.zarr" / "layers" / "final" / "c" / "1" / "0"
     raw = bytearray(chunk.read_bytes())
