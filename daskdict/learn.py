@@ -265,13 +265,13 @@ _SUMMED = ("restricted", "coef_sq", "sums", "row_sum")
 
 
 def _merge_statistics(parts, n_worst):
-    out = {key: np.sum([p[key] for p in parts], axis=0, dtype=np.float64) for key in _SUMMED}
-    out["usage"] = np.sum([p["usage"] for p in parts], axis=0)
-    err = np.concatenate([p["worst_err"] for p in parts])
-    rows = np.concatenate([p["worst_rows"] for p in parts])
-    keep = np.argsort(-err, kind="stable")[:n_worst]
-    out["worst_err"], out["worst_rows"] = err[keep], rows[keep]
-    return out
+    """The statistics of several blocks or shares, added in order (float64 sums; the worst
+    rows of all, the earlier first among equal errors). One part is added at a time: stacking
+    eight shares' sums first took 150 MB more at K=3072, d=768."""
+    total = None
+    for part in parts:
+        total = _accumulate(total, part, n_worst)
+    return total
 
 
 def share_spans(chunk_rows: tuple[int, ...], n_shares: int) -> list[list[tuple[int, int]]]:
@@ -485,10 +485,9 @@ def _share_statistics(reader, spans, token, atoms, n_nonzero, tol, coder, n_wors
 
 def _accumulate(total, stats, n_worst):
     """Add one block's statistics to a running total (float64 sums, updated in place)."""
-    if total is None:
-        total = {key: np.asarray(value, dtype=np.float64) if key in _SUMMED else value.copy()
-                 for key, value in stats.items()}
-        return total
+    if total is None:  # a copy: the total is updated in place, its first part must not be
+        return {key: np.array(value, dtype=np.float64) if key in _SUMMED else value.copy()
+                for key, value in stats.items()}
     for key in _SUMMED:
         total[key] += stats[key]
     total["usage"] += stats["usage"]

@@ -78,9 +78,8 @@ class Plan:
         The large arrays a worker holds (analytic), for reading the memory figure.
     calibration : dict
         The measured pieces (seconds): ``t_gram``, ``t_row``, ``t_gather``,
-        ``t_driver_base`` (the driver's update) and ``t_driver_per_lane`` (merging one share's
-        statistics), with ``rows``, ``threads`` (worker threads calibrated at once) and
-        ``where``.
+        ``t_merge`` (merging one share's statistics) and ``t_driver`` (the driver's update),
+        with ``rows``, ``threads`` (worker threads calibrated at once) and ``where``.
     """
 
     n_samples: int
@@ -126,12 +125,12 @@ def _model(cal: dict, n_samples: int, n_workers: int, threads_per_worker: int) -
     merging, parts = 0.0, n_workers
     while True:  # the levels of the merge tree (learn._tree_reduce)
         per_merge = min(parts, MERGE_EVERY)
-        merging += (per_merge - 1) * cal["t_gather"] + per_merge * cal["t_driver_per_lane"]
+        merging += (per_merge - 1) * cal["t_gather"] + per_merge * cal["t_merge"]
         parts = math.ceil(parts / MERGE_EVERY)
         if parts == 1:
             break
     return (cal["t_gram"] + math.ceil(n_samples / (n_workers * threads_per_worker))
-            * cal["t_row"] + merging + cal["t_gather"] + cal["t_driver_base"])
+            * cal["t_row"] + merging + cal["t_gather"] + cal["t_driver"])
 
 
 def _calibrate_lane(reader: Any, pieces: list[tuple[int, int]], atoms: np.ndarray,
@@ -268,9 +267,9 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     t_row = max(float(np.median([r["t_row"] for r in results])), 1e-12)
     # what the round took beyond its slowest lane: shipping the statistics back
     t_gather = max(0.0, t_wall - max(r["t_lane"] for r in results)) / len(slots)
-    t_driver_base, t_driver_per_lane = _time_driver(atoms, results[0]["stats"])
+    t_driver, t_merge = _time_driver(atoms, results[0]["stats"])
     calibration = {"t_gram": t_gram, "t_row": t_row, "t_gather": t_gather,
-                   "t_driver_base": t_driver_base, "t_driver_per_lane": t_driver_per_lane,
+                   "t_merge": t_merge, "t_driver": t_driver,
                    "rows": int(n_rows), "threads": len(slots), "where": _where(client)}
     seconds = _model(calibration, n_samples, n_workers, threads_per_worker)
     arrays = _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads_per_worker)
@@ -294,17 +293,17 @@ def _time_driver(atoms: np.ndarray, stats: dict, repeats: int = 3) -> tuple[floa
     """Seconds of the driver's update per iteration, and of merging one share's statistics."""
     n_worst = stats["worst_err"].size
 
-    def once(n_lanes):
+    def once(n_shares):
         begin = time.perf_counter()
-        merged = _merge_statistics([stats] * n_lanes, n_worst)
+        merged = _merge_statistics([stats] * n_shares, n_worst)
         new_atoms = approx_update(atoms, merged)
         replace_atoms(new_atoms, merged)
         return time.perf_counter() - begin
 
     one = float(np.median([once(1) for _ in range(repeats)]))
     four = float(np.median([once(4) for _ in range(repeats)]))
-    per_lane = max(0.0, (four - one) / 3)
-    return max(0.0, one - per_lane), per_lane
+    per_share = max(0.0, (four - one) / 3)
+    return max(0.0, one - per_share), per_share
 
 
 def _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads) -> dict:

@@ -22,7 +22,7 @@ def small_plan():
 def test_plan_is_calibrated_and_scales(small_plan):
     cal = small_plan.calibration
     assert cal["rows"] == 2000 and cal["threads"] >= 1
-    assert cal["t_row"] > 0 and cal["t_gram"] >= 0 and cal["t_driver_base"] >= 0
+    assert cal["t_row"] > 0 and cal["t_gram"] >= 0 and cal["t_driver"] >= 0 and cal["t_merge"] >= 0
     t = small_plan.seconds_per_iteration
     assert t == pytest.approx(small_plan.predict())
     # the per-row part is what grows with N and shrinks with workers
@@ -89,8 +89,8 @@ def test_model_merges_the_shares_by_a_tree():
     each level of the tree costs one merge of up to 8, so 64 workers pay two levels, not 64."""
     from daskdict.plan import _model
 
-    cal = {"t_gram": 0.1, "t_row": 1e-5, "t_gather": 0.05, "t_driver_base": 0.2,
-           "t_driver_per_lane": 0.01}
+    cal = {"t_gram": 0.1, "t_row": 1e-5, "t_gather": 0.05, "t_driver": 0.2,
+           "t_merge": 0.01}
     n_samples, threads = 10_000_000, 4
     for n_workers in (1, 2, 8):
         flat = (0.1 + math.ceil(n_samples / (n_workers * threads)) * 1e-5 + n_workers * 0.05
