@@ -94,7 +94,6 @@ def share_tasks(records) -> dict | None:
 
 
 def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
-    threads_per_worker = n_threads / n_workers
     """Per-chunk pieces of an iteration, single-threaded, and the driver's pieces."""
     from threadpoolctl import threadpool_limits
 
@@ -116,8 +115,9 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
     n_rows = array.shape[0]
     n_chunks = math.ceil(n_rows / rows)
     full_chunks = n_rows // rows
-    # the threads share the rows evenly (pieces taken in turn)
+    # the threads share the rows evenly (pieces taken in turn), and each worker's Gram matrix
     per_thread = n_rows / rows / n_threads
+    threads_per_worker = n_threads / n_workers
     n_atoms = atoms.shape[0]
     n_worst = n_candidates(n_atoms)
     atoms = np.ascontiguousarray(atoms, dtype=np.float32)
