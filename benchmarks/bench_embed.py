@@ -101,7 +101,7 @@ def preprocess_seconds(model_dir: Path, images: list[Path]) -> float:
     """Decoding and preprocessing alone, one thread (the work the loader overlaps)."""
     from transformers import AutoImageProcessor
 
-    from daskdict._images import to_rgb
+    from daskdict.embedding.items import to_rgb
 
     processor = AutoImageProcessor.from_pretrained(model_dir)
     start = time.perf_counter()
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         table(["images", "batch", "device", "torch threads", "loader threads",
                "bare forward s", "embed s", "embed img/s", "bare img/s",
                "decode+preprocess s (1 thread)", "embed / bare", f"<= {BAR}"], rows,
-              title=f"daskdict.embed, random ViT-{args.config}, {len(store.layer_names)} "
+              title=f"daskdict.embedding.run, random ViT-{args.config}, {len(store.layer_names)} "
                     "layers stored")
         write_json("bench_embed", {
             "n_images": args.n_images, "batch_size": args.batch_size, "config": args.config,

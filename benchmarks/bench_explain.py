@@ -20,8 +20,8 @@ import numpy as np
 from _common import environment, table, write_json
 
 from daskdict import _text
-from daskdict.explain import CodeTable, explain
-from daskdict.model import Codes
+from daskdict.explanations.explain import CodeTable, explain
+from daskdict.learn.dictionary import Codes
 
 
 def synthetic_captions(n_captions: int, n_words: int, random_state: int = 0) -> list[str]:

@@ -54,9 +54,9 @@ def _median_driven(scores, planted, layer, matches=None, column="auc") -> float:
 
 
 def planted_layers(args) -> dict:
-    from daskdict.evaluate import align_atoms
-    from daskdict.graph import ConceptGraph, fit_layers
-    from daskdict.graph_datasets import edge_scores, write_planted_layers_store
+    from daskdict.evaluation.metrics import align_atoms
+    from daskdict.graph.estimator import ConceptGraph, fit_layers
+    from daskdict.graph.planted import edge_scores, write_planted_layers_store
 
     n_concepts = [args.a_concepts] * args.a_layers
     with tempfile.TemporaryDirectory(prefix="daskdict-bench-graph-") as tmp:
@@ -100,8 +100,8 @@ def planted_layers(args) -> dict:
 
 
 def one_pair(args) -> dict:
-    from daskdict.graph import ConceptGraph
-    from daskdict.graph_datasets import edge_scores, make_planted_graph
+    from daskdict.graph.estimator import ConceptGraph
+    from daskdict.graph.planted import edge_scores, make_planted_graph
 
     planted = make_planted_graph(args.b_samples, (args.b_concepts, args.b_concepts),
                                  args.b_active, signed=False, random_state=args.seed)

@@ -86,7 +86,7 @@ def store_path(root: Path, n: int) -> Path:
 
 
 def write_store(root: Path, n: int, args) -> float:
-    from daskdict.datasets import write_planted_store
+    from daskdict.datasets.planted import write_planted_store
 
     path = store_path(root, n)
     if path.exists() and not args.rewrite:

@@ -47,7 +47,7 @@ def main() -> None:
     from distributed import Client
 
     import daskdict
-    from daskdict.datasets import write_planted_store
+    from daskdict.datasets.planted import write_planted_store
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ BARS = {10.0: 0.87, 20.0: 0.93, 30.0: 0.93}
 
 def run_trials(snr_db, trials, update, dtype, args):
     import daskdict
-    from daskdict.datasets import make_planted
-    from daskdict.evaluate import recovered_fraction
+    from daskdict.datasets.planted import make_planted
+    from daskdict.evaluation.metrics import recovered_fraction
 
     rates, errors, seconds = [], [], []
     for trial in range(trials):

@@ -43,7 +43,7 @@ def planted_data(args) -> tuple[np.ndarray, np.ndarray]:
     from pathlib import Path
 
     from daskdict import open_store
-    from daskdict.datasets import write_planted_store
+    from daskdict.datasets.planted import write_planted_store
 
     with tempfile.TemporaryDirectory(prefix="daskdict-bench-sklearn-", dir="/tmp") as tmp:
         path = Path(tmp) / "planted.zarr"
@@ -100,8 +100,8 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)
 
     import daskdict
-    from daskdict.evaluate import recovered_fraction
-    from daskdict.store import as_dask_array
+    from daskdict.evaluation.metrics import recovered_fraction
+    from daskdict.io.store import as_dask_array
 
     name = "bench_sklearn" + ("-no-early-stopping" if args.sklearn_no_early_stopping else "")
     y, planted = planted_data(args)
@@ -125,7 +125,7 @@ def main():
     if args.split_check:
         import dask.array as da
 
-        from daskdict.runtime import n_cores
+        from daskdict.compute.runtime import n_cores
 
         rows = -(-y.shape[0] // n_cores())
         for _ in range(max(1, args.daskdict_repeats)):

@@ -46,7 +46,7 @@ BAR = 2.0
 
 
 def make_store(args) -> Path:
-    from daskdict.datasets import write_planted_store
+    from daskdict.datasets.planted import write_planted_store
 
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(
         prefix="daskdict-bench-speed-", dir="/tmp"))
@@ -98,7 +98,8 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
     from threadpoolctl import threadpool_limits
 
     from daskdict import _kernels, open_store
-    from daskdict.learn import (
+    from daskdict.io.store import open_rows
+    from daskdict.learn.training import (
         _chunk_statistics,
         _merge_statistics,
         approx_update,
@@ -107,7 +108,6 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
         n_candidates,
         replace_atoms,
     )
-    from daskdict.store import open_rows
 
     array = open_store(path).layer_array("final")
     _, _, reader = open_rows(path)  # what the fit reads through
@@ -210,8 +210,8 @@ def main():
 
     import daskdict
     from daskdict import open_store
-    from daskdict.evaluate import recovered_fraction
-    from daskdict.runtime import local_cluster, n_cores
+    from daskdict.compute.runtime import local_cluster, n_cores
+    from daskdict.evaluation.metrics import recovered_fraction
 
     n_workers = args.n_workers or 1
     threads = args.threads_per_worker or (n_cores() if args.n_workers is None else 1)

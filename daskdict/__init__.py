@@ -9,11 +9,10 @@ the ``embed`` extra: PyTorch, transformers, Pillow; imported only when it runs).
 ``daskdict.explain(codes, "embeddings.zarr")`` explains each concept from the captions.
 """
 
-from ._llm import LocalLM, OpenAIChat
-from ._version import __version__
-from .cluster import cluster
-from .embed import embed
-from .errors import (
+from daskdict._version import __version__
+from daskdict.compute.clusters import cluster
+from daskdict.embedding.run import embed
+from daskdict.errors import (
     CheckpointMismatchError,
     CorruptChunkError,
     DaskdictError,
@@ -21,12 +20,13 @@ from .errors import (
     OutputNotWritableError,
     StoreNotFoundError,
 )
-from .explain import Explanations, explain
-from .graph import ConceptGraph, fit_layers
-from .learn import fit
-from .model import KSVD, Codes, Dictionary, load
-from .plan import Plan, plan
-from .store import EmbeddingStore, create_store, open_store
+from daskdict.explanations.explain import Explanations, explain
+from daskdict.explanations.llm import LocalLM, OpenAIChat
+from daskdict.graph.estimator import ConceptGraph, fit_layers
+from daskdict.io.store import EmbeddingStore, create_store, open_store
+from daskdict.learn.dictionary import KSVD, Codes, Dictionary, load
+from daskdict.learn.planning import Plan, plan
+from daskdict.learn.training import fit
 
 __all__ = [
     "KSVD",

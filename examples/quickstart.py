@@ -28,8 +28,8 @@ def run(workdir: Path, n_samples: int = 20_000, n_iter: int = 20, n_workers: int
     from distributed import Client, LocalCluster
 
     import daskdict
-    from daskdict.datasets import write_planted_store
-    from daskdict.evaluate import recovered_fraction
+    from daskdict.datasets.planted import write_planted_store
+    from daskdict.evaluation.metrics import recovered_fraction
 
     start = time.perf_counter()
 

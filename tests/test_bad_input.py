@@ -17,9 +17,9 @@ import pytest
 import zarr
 
 import daskdict
-import daskdict.learn as learn
-from daskdict.cli import main as cli_main
-from daskdict.datasets import make_planted
+import daskdict.learn.training as learn
+from daskdict.cli.app import main as cli_main
+from daskdict.datasets.planted import make_planted
 from daskdict.errors import (
     CorruptChunkError,
     DaskdictError,

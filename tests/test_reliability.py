@@ -25,10 +25,10 @@ import zarr
 from conftest import checkpoint_history, wait_for
 
 import daskdict
-import daskdict.learn as learn
-import daskdict.runtime as runtime_mod
-import daskdict.store as store_mod
-from daskdict.datasets import make_planted, write_planted_store
+import daskdict.compute.runtime as runtime_mod
+import daskdict.io.store as store_mod
+import daskdict.learn.training as learn
+from daskdict.datasets.planted import make_planted, write_planted_store
 from daskdict.errors import CheckpointMismatchError
 
 SCRIPT = Path(__file__).parent / "scripts" / "fit_checkpoint.py"

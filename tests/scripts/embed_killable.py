@@ -5,7 +5,7 @@
 
 ``--throttle S`` sleeps S seconds before decoding each image, only to widen the window in which
 the test can kill the process; it does not change any result. The run goes through
-``daskdict.cli.main`` (``daskdict embed ... --quiet``) and exits with its code.
+``daskdict.cli.app`` (``daskdict embed ... --quiet``) and exits with its code.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2)
     args = p.parse_args(argv)
 
-    from daskdict.cli import main as cli_main
+    from daskdict.cli.app import main as cli_main
 
-    embed_module = sys.modules["daskdict.embed"]  # the attribute daskdict.embed is the function
+    embed_module = sys.modules["daskdict.embedding.run"]  # the attribute daskdict.embed is the function
     real_to_rgb = embed_module.to_rgb
 
     def slow_to_rgb(raw):

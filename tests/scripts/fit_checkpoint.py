@@ -8,7 +8,7 @@
 written), only to widen the window in which the test can kill the process; it does not change
 any result. The report records how many iterations this process computed, so a test can check
 that a resumed run did not redo finished ones. ``--cli`` runs the same fit through
-``daskdict.cli.main`` (``daskdict fit ... --in-process``) and exits with its code.
+``daskdict.cli.app`` (``daskdict fit ... --in-process``) and exits with its code.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import daskdict
-    import daskdict.learn as learn
+    import daskdict.learn.training as learn
 
     computed = []
     real_iterate = learn._iterate
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     learn._iterate = counting_iterate
 
     if args.cli:
-        from daskdict.cli import main as cli_main
+        from daskdict.cli.app import main as cli_main
 
         cli_args = ["fit", args.store, "--atoms", str(args.atoms), "--nonzero", str(args.nonzero),
                     "--iters", str(args.iters), "--seed", str(args.seed), "--out", args.out,

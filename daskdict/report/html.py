@@ -1,0 +1,326 @@
+"""Pictures of concepts and a static HTML report that works offline.
+
+- :func:`plot_atom_grid`: the top activating images of an atom with its themes (seed 000 Fig. 4).
+- :func:`plot_training_curve`: relative error, FVU and dead atoms per iteration (model.history).
+- :func:`daskdict.evaluate.plot_autointerp`: the score histogram (seed 000 Fig. 3).
+- :func:`write_report`: one HTML file listing every atom (sortable by frequency and score) with
+  base64-embedded thumbnails, themes, top captions and an inline-SVG histogram of its
+  activations. A Content-Security-Policy allows only inline data: nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from daskdict.errors import InvalidInputError
+
+
+def _image_at(images, row: int):
+    return images(row) if callable(images) else images[row]
+
+
+def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_images: int = 12,
+                   n_columns: int = 4):
+    """The top activating images of one atom and its themes (seed 000, Fig. 4).
+
+    Parameters
+    ----------
+    explanations : Explanations
+    atom : int
+    images : sequence indexed by item row, or callable ``row -> image``
+        PIL images, paths or uint8 arrays of shape (height, width, 3).
+    n_images, n_columns : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from daskdict.embedding.items import to_rgb
+
+    row = explanations[atom]
+    shown = row["top_rows"][:n_images]
+    n_rows = max(1, int(np.ceil((len(shown) + 1) / n_columns)))
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(2.2 * n_columns, 2.2 * n_rows))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes:
+        ax.axis("off")
+    axes[0].text(0.0, 1.0, f"concept {atom}\n" + "\n".join(f"• {t}" for t in row["themes"]),
+                 va="top", ha="left", fontsize=10, transform=axes[0].transAxes, wrap=True)
+    for ax, item in zip(axes[1:], shown, strict=False):
+        ax.imshow(np.asarray(to_rgb(_image_at(images, item))))
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curve(model_or_history):
+    """Relative error, FVU and dead atoms per K-SVD iteration (a Dictionary's history)."""
+    import matplotlib.pyplot as plt
+
+    history = getattr(model_or_history, "history", model_or_history)
+    if not history:
+        raise InvalidInputError("No training history to plot (the dictionary has none).")
+    iterations = np.arange(1, len(history) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    for key in ("relative_error", "fvu"):
+        if key in history[0]:
+            left.plot(iterations, [h[key] for h in history], marker="o", label=key)
+    left.set_xlabel("iteration")
+    left.legend(frameon=False)
+    right.plot(iterations, [h.get("dead_atoms", 0) for h in history], marker="o",
+               color="tab:red")
+    right.set_xlabel("iteration")
+    right.set_ylabel("dead atoms")
+    fig.tight_layout()
+    return fig
+
+
+def activation_histogram_svg(values: np.ndarray, *, bins: int = 16, width: int = 120,
+                             height: int = 36) -> str:
+    """A small inline SVG histogram of an atom's |coefficients|."""
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    if values.size == 0:
+        return f'<svg width="{width}" height="{height}" role="img"></svg>'
+    counts, edges = np.histogram(values, bins=bins)
+    peak = max(1, counts.max())
+    bar = width / bins
+    rects = "".join(
+        f'<rect x="{i * bar:.1f}" y="{height - h:.1f}" width="{bar - 1:.1f}" height="{h:.1f}"/>'
+        for i, h in enumerate(counts / peak * (height - 2)))
+    title = f"|coefficient| {edges[0]:.3g} to {edges[-1]:.3g}, {values.size} items"
+    return (f'<svg class="hist" width="{width}" height="{height}" role="img">'
+            f"<title>{html.escape(title)}</title>{rects}</svg>")
+
+
+def thumbnail_uri(image, size: int = 64) -> str:
+    """A PNG data: URI of an image (see :func:`daskdict._images.to_rgb`) scaled to fit."""
+    from daskdict.embedding.items import to_rgb
+
+    picture = to_rgb(image)  # a new image: thumbnail() below does not touch the caller's
+    picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def figure_uri(fig) -> str:
+    """A matplotlib figure as a PNG data: URI (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_SCRIPT = """
+document.querySelectorAll('th[data-key]').forEach(function (header) {
+  header.addEventListener('click', function () {
+    var body = document.querySelector('#atoms tbody');
+    var key = header.dataset.key;
+    var descending = header.dataset.order !== 'desc';
+    document.querySelectorAll('th[data-key]').forEach(function (h) { h.dataset.order = ''; });
+    header.dataset.order = descending ? 'desc' : 'asc';
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = parseFloat(a.dataset[key]), y = parseFloat(b.dataset[key]);
+      if (isNaN(x)) { x = -Infinity; }
+      if (isNaN(y)) { y = -Infinity; }
+      return descending ? y - x : x - y;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+    document.body.dataset.sorted = key + ':' + header.dataset.order;
+  });
+});
+document.body.dataset.ready = 'true';
+""".strip()
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: 6px; text-align: left; vertical-align: top; }
+th[data-key] { cursor: pointer; text-decoration: underline dotted; }
+th[data-order="desc"]::after { content: " \\25BC"; }
+th[data-order="asc"]::after { content: " \\25B2"; }
+.themes li:first-child { font-weight: bold; }
+.thumbs img { width: 48px; height: 48px; margin: 1px; image-rendering: pixelated; }
+.hist rect { fill: #4c72b0; }
+.muted { color: #888; }
+details summary { cursor: pointer; }
+ul { margin: 0; padding-left: 1.2em; }
+img.figure { max-width: 48%; }
+""".strip()
+
+
+def write_report(path: str | os.PathLike, explanations, *, codes=None,
+                 images: Sequence | Callable | None = None, model=None, scores=None,
+                 graph=None, graph_layer: int | None = None,
+                 title: str = "daskdict concepts", n_thumbnails: int = 8,
+                 n_captions: int = 5) -> Path:
+    """Write a static, offline HTML report of every atom.
+
+    Parameters
+    ----------
+    path : path
+        The ``.html`` file to write.
+    explanations : Explanations
+    codes : Codes, optional
+        For each atom's activation histogram.
+    images : sequence indexed by item row, or callable ``row -> image``, optional
+        For thumbnails of the top items (PIL images, paths or uint8 arrays).
+    model : Dictionary, optional
+        Adds the training curve.
+    scores : AutoInterpScores, optional
+        Adds the auto-interpretability summary and histogram.
+    graph : ConceptGraph, optional
+        A fitted concept graph (seed 001) in which the explained atoms are the concepts of
+        layer ``graph_layer``: each atom gains its parents in the layer before (with the
+        final model's weight and its held-out AUC) and its children in the layer after, and
+        the report gains the graph's figures (parents per concept, ROC curves).
+    graph_layer : int, optional
+        The graph layer of the explained atoms (required with ``graph``).
+    n_thumbnails, n_captions : int
+        Per atom.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    activations = _activations_by_atom(codes) if codes is not None else {}
+    links = _graph_links(graph, graph_layer) if graph is not None else None
+    rows_html = []
+    for row in explanations:
+        atom = row["atom"]
+        label = "+".join(map(str, atom)) if isinstance(atom, list) else str(atom)
+        themes = "".join(f"<li>{html.escape(t)}</li>" for t in row["themes"])
+        themes = f'<ul class="themes">{themes}</ul>' if themes else (
+            f'<span class="muted">{html.escape(row["status"])}</span>')
+        captions = "".join(f"<li>{html.escape(c)}</li>" for c in row["top_captions"][:n_captions])
+        captions = (f"<details><summary>{len(row['top_captions'])} top captions</summary>"
+                    f"<ul>{captions}</ul></details>") if captions else ""
+        thumbs = ""
+        if images is not None:
+            thumbs = "".join(
+                f'<img alt="item {html.escape(str(item))}" '
+                f'src="{thumbnail_uri(_image_at(images, r))}">'
+                for r, item in zip(row["top_rows"][:n_thumbnails], row["top_items"],
+                                   strict=False))
+        histogram = (activation_histogram_svg(activations.get(atom, np.zeros(0)))
+                     if codes is not None and not isinstance(atom, list) else "")
+        score = row["score"] if row["score"] == row["score"] else float("nan")
+        score_text = "" if np.isnan(score) else f"{score:.3g}"
+        rows_html.append(
+            f'<tr class="atom" data-atom="{html.escape(label)}" data-frequency='
+            f'"{row["frequency"]:.9g}" data-score="{score if not np.isnan(score) else "NaN"}">'
+            f"<td>{html.escape(label)}</td><td>{row['n_active']} "
+            f'<span class="muted">({100 * row["frequency"]:.2f}%)</span></td>'
+            f"<td>{score_text}</td><td>{themes}<div>{html.escape(row['summary'])}</div></td>"
+            f'<td class="thumbs">{thumbs}</td><td>{captions}</td><td>{histogram}</td>'
+            + (f"<td>{'' if isinstance(atom, list) else links.get(atom, '')}</td>"
+               if links is not None else "") + "</tr>")
+    figures = []
+    if graph is not None and graph_layer >= 1:  # layer 0 has no parents
+        figures.append(("concept graph: parents per concept",
+                        figure_uri(_figure_of(graph.plot_parents(graph_layer)))))
+        figures.append(("concept graph: ROC curves",
+                        figure_uri(_figure_of(graph.plot_roc(graph_layer)))))
+    if model is not None and getattr(model, "history", None):
+        figures.append(("training curve", figure_uri(plot_training_curve(model))))
+    summary = ""
+    if scores is not None:
+        from daskdict.evaluation.metrics import plot_autointerp
+
+        figures.append(("auto-interpretability", figure_uri(plot_autointerp(scores))))
+        summary = "<ul>" + "".join(
+            f"<li>{html.escape(kind)}: mean cosine {v['mean_cosine']:.4f}, mean CLIPScore "
+            f"{v['mean_clipscore']:.4f}</li>" for kind, v in scores.summary().items()) + "</ul>"
+    figure_html = "".join(f'<img class="figure" alt="{html.escape(name)}" src="{uri}">'
+                          for name, uri in figures)
+    script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+    policy = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+              f"script-src 'sha256-{script_hash}'; form-action 'none'; base-uri 'none'")
+    meta = html.escape(json.dumps({k: v for k, v in explanations.meta.items()
+                                   if isinstance(v, str | int | float)}))
+    method = html.escape(str(explanations.meta.get("method", "?")))
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
+<meta name="referrer" content="no-referrer">
+<title>{html.escape(title)}</title><style>{_STYLE}</style></head>
+<body data-ready="false">
+<h1>{html.escape(title)}</h1>
+<p>{len(explanations)} concepts, explained by <b>{method}</b>.
+Click <i>active items</i> or <i>score</i> to sort. <span class="muted">{meta}</span></p>
+{summary}{figure_html}
+<table id="atoms"><thead><tr><th>concept</th><th data-key="frequency">active items</th>
+<th data-key="score">score</th><th>themes</th><th>top items</th><th>captions</th>
+<th>activations</th>{"<th>concept graph</th>" if links is not None else ""}</tr></thead>
+<tbody>
+{"".join(rows_html)}
+</tbody></table>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path
+
+
+def _figure_of(plotted):
+    """The matplotlib Figure behind what a plotting method returned (an Axes or a Figure)."""
+    return plotted.get_figure() if hasattr(plotted, "get_figure") else plotted
+
+
+def _graph_links(graph, layer: int | None) -> dict[int, str]:
+    """Per concept of ``layer``, HTML naming its parents (layer - 1) and children (layer + 1)."""
+    from daskdict.errors import InvalidInputError
+
+    n_layers = len(graph.n_concepts_)
+    if not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise InvalidInputError(
+            f"Expected graph_layer to be the graph layer of the explained atoms, 0 … "
+            f"{n_layers - 1}. Got {layer!r}.")
+    cells: dict[int, list[str]] = {c: [] for c in range(graph.n_concepts_[layer])}
+    if layer >= 1:
+        weights = graph.weights_[layer].tocsc()
+        in_layer = np.asarray(graph.metrics_["layer"]) == layer
+        auc = np.full(graph.n_concepts_[layer], np.nan)
+        auc[np.asarray(graph.metrics_["concept"])[in_layer]] = np.asarray(
+            graph.metrics_["auc"], dtype=float)[in_layer]
+        for concept in cells:
+            column = weights[:, concept]
+            parents = ", ".join(f"{p} ({w:+.2f})" for p, w in
+                                zip(column.indices, column.data, strict=True))
+            score = "" if np.isnan(auc[concept]) else f", AUC {auc[concept]:.3f}"
+            cells[concept].append(f"<div>parents in layer {layer - 1}: "
+                                  f"{parents or '<i>none</i>'}{score}</div>")
+    if layer + 1 < n_layers:
+        weights = graph.weights_[layer + 1].tocsr()
+        for concept in cells:
+            row = weights[concept]
+            children = ", ".join(map(str, row.indices))
+            cells[concept].append(f"<div>children in layer {layer + 1}: "
+                                  f"{children or '<i>none</i>'}</div>")
+    return {concept: "".join(parts) for concept, parts in cells.items()}
+
+
+def _activations_by_atom(codes) -> dict:
+    codes = codes.compute()
+    keep = (codes.indices >= 0) & (codes.values != 0)
+    atoms = codes.indices[keep]
+    values = np.abs(codes.values[keep])
+    order = np.argsort(atoms, kind="stable")
+    atoms, values = atoms[order], values[order]
+    bounds = np.searchsorted(atoms, np.arange(codes.n_atoms + 1))
+    return {a: values[bounds[a]:bounds[a + 1]] for a in range(codes.n_atoms)}

@@ -1,0 +1,464 @@
+import concurrent.futures
+import itertools
+import threading
+import time
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import unit_rows
+from sklearn.linear_model import orthogonal_mp_gram
+
+import daskdict
+from daskdict.compute import runtime
+from daskdict.datasets.planted import make_planted
+from daskdict.evaluation.metrics import recovered_fraction
+from daskdict.learn import training as learn
+
+
+def _textbook_ksvd_iteration(y, atoms, n_nonzero):
+    """One K-SVD iteration as in Aharon et al. 2006: OMP codes (scikit-learn), then for each
+    atom in order the full SVD of its restricted residual, updating atom and coefficients."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x = orthogonal_mp_gram(atoms @ atoms.T, atoms @ y.T, n_nonzero_coefs=n_nonzero).T
+    atoms = atoms.copy()
+    for j in range(atoms.shape[0]):
+        users = np.flatnonzero(x[:, j])
+        if users.size == 0:
+            continue
+        e = y[users] - x[users] @ atoms + np.outer(x[users, j], atoms[j])
+        u, s, vt = np.linalg.svd(e, full_matrices=False)
+        sign = -1.0 if vt[0] @ atoms[j] < 0 else 1.0
+        atoms[j] = sign * vt[0]
+        x[users, j] = sign * s[0] * u[:, 0]
+    return atoms
+
+
+@pytest.mark.parametrize("n_nonzero", [2, 4])
+def test_one_iteration_equals_textbook_ksvd(rng, n_nonzero):
+    planted = make_planted(600, 16, 40, n_nonzero, 25.0, random_state=1)
+    init = unit_rows(rng.standard_normal((40, 16)))
+    model = daskdict.fit(planted.data, 40, n_nonzero, 1, update="ksvd", atom_batch_size=1,
+                         shuffle_atoms=False, replace_atoms=False, init=init, dtype="float64",
+                         progress=False)
+    expected = _textbook_ksvd_iteration(planted.data, init, n_nonzero)
+    np.testing.assert_allclose(model.atoms, expected, atol=1e-10)
+
+
+def test_approx_update_is_one_power_step(rng):
+    """Every atom moves to E_w^T x_w (normalised), from the iteration's start state."""
+    planted = make_planted(500, 12, 30, 3, 20.0, random_state=2)
+    y = planted.data
+    init = unit_rows(rng.standard_normal((30, 12)))
+    model = daskdict.fit(y, 30, 3, 1, replace_atoms=False, init=init, dtype="float64",
+                         progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x = orthogonal_mp_gram(init @ init.T, init @ y.T, n_nonzero_coefs=3).T
+    expected = init.copy()
+    for j in range(30):
+        users = np.flatnonzero(x[:, j])
+        if users.size:
+            e = y[users] - x[users] @ init + np.outer(x[users, j], init[j])
+            g = e.T @ x[users, j]
+            expected[j] = g / np.linalg.norm(g)
+    np.testing.assert_allclose(model.atoms, expected, atol=1e-10)
+
+
+def test_result_does_not_depend_on_chunking():
+    planted = make_planted(3000, 16, 32, 3, 20.0, random_state=3)
+    kwargs = dict(n_atoms=32, n_nonzero=3, n_iter=5, dtype="float64", random_state=7,
+                  progress=False, client="sync")
+    one = daskdict.fit(da.from_array(planted.data, chunks=(3000, 16)), **kwargs)
+    many = daskdict.fit(da.from_array(planted.data, chunks=(700, 16)), **kwargs)
+    np.testing.assert_allclose(one.atoms, many.atoms, atol=1e-8)
+    assert [h["dead_atoms"] for h in one.history] == [h["dead_atoms"] for h in many.history]
+
+
+def test_reproducible_with_random_state_and_different_without():
+    planted = make_planted(1500, 20, 50, 3, 20.0, random_state=4)
+    a = daskdict.fit(planted.data, 50, 3, 3, random_state=11, progress=False)
+    b = daskdict.fit(planted.data, 50, 3, 3, random_state=11, progress=False)
+    c = daskdict.fit(planted.data, 50, 3, 3, random_state=12, progress=False)
+    np.testing.assert_array_equal(a.atoms, b.atoms)
+    assert not np.allclose(a.atoms, c.atoms)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_and_unit_atoms(dtype):
+    planted = make_planted(800, 10, 20, 2, 30.0, random_state=5)
+    model = daskdict.fit(planted.data, 20, 2, 4, dtype=dtype, random_state=0, progress=False)
+    assert model.atoms.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(np.linalg.norm(model.atoms, axis=1), 1.0, atol=1e-5)
+
+
+def test_history_records_every_iteration():
+    planted = make_planted(1500, 20, 50, 3, 20.0, random_state=6)
+    model = daskdict.fit(planted.data, 50, 3, 15, random_state=0, progress=False)
+    assert [h["iteration"] for h in model.history] == list(range(1, 16))
+    errors = [h["relative_error"] for h in model.history]
+    assert errors[-1] < 0.6 * errors[0]
+    for record in model.history:
+        assert 0 <= record["fvu"] <= 1.5 and record["seconds"] > 0
+        assert record["mean_l0"] <= 3 and record["passes"] == 1
+        assert 0 <= record["mean_relative_residual"] <= 1
+
+
+def test_history_error_matches_a_direct_computation():
+    planted = make_planted(1000, 12, 24, 3, 20.0, random_state=8)
+    model = daskdict.fit(planted.data, 24, 3, 2, replace_atoms=False, dtype="float64",
+                         random_state=0, progress=False)
+    # iteration 2's coding step uses the atoms after iteration 1
+    first = daskdict.fit(planted.data, 24, 3, 1, replace_atoms=False, dtype="float64",
+                         random_state=0, progress=False)
+    codes = first.encode(planted.data)
+    y, recon = planted.data, first.reconstruct(codes)
+    rel = np.linalg.norm(y - recon) / np.linalg.norm(y)
+    fvu = ((y - recon) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    assert model.history[1]["relative_error"] == pytest.approx(rel, rel=1e-9)
+    assert model.history[1]["fvu"] == pytest.approx(fvu, rel=1e-9)
+
+
+def test_unused_and_duplicate_atoms_are_replaced(rng):
+    planted = make_planted(1000, 12, 20, 2, 30.0, random_state=9)
+    init = unit_rows(rng.standard_normal((20, 12)))
+    init[1] = init[0]  # a duplicate
+    init[2] = unit_rows(np.ones((1, 12)))[0] * 1e-3 + init[0]  # nearly the same again
+    init = unit_rows(init)
+    model = daskdict.fit(planted.data, 20, 2, 1, init=init, random_state=0, progress=False,
+                         update="approx")
+    gram = np.abs(model.atoms @ model.atoms.T)
+    np.fill_diagonal(gram, 0)
+    assert gram.max() <= 0.99
+    assert model.history[0]["replaced_atoms"] >= 1
+
+
+def _replace_atoms_reference(atoms, stats):
+    """replace_atoms over the whole coherence matrix, updated after every replacement."""
+    atoms = atoms.copy()
+    candidates = stats["worst_rows"][stats["worst_err"] > 0]
+    coherence = np.abs(atoms @ atoms.T)
+    np.fill_diagonal(coherence, 0.0)
+    replaced = 0
+    for j in range(len(atoms)):
+        if stats["usage"][j] >= learn.MIN_ATOM_USAGE and coherence[j].max() <= learn.MAX_COHERENCE:
+            continue
+        if replaced == len(candidates):
+            break
+        atoms[j] = candidates[replaced] / np.linalg.norm(candidates[replaced])
+        column = np.abs(atoms @ atoms[j])
+        column[j] = 0.0
+        coherence[j], coherence[:, j] = column, column
+        replaced += 1
+    return atoms, replaced
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_replace_atoms_follows_the_replacements_made_before(seed):
+    """Atoms are checked in order against the dictionary as it is by then: a duplicate whose
+    twin was replaced earlier stays, and a sample that duplicates a later atom makes that one
+    go. The same atoms as the reference over the whole coherence matrix."""
+    rng = np.random.default_rng(seed)
+    atoms = unit_rows(rng.standard_normal((200, 16)))
+    for i in rng.choice(200, 40, replace=False):  # near-duplicates, some of them chained
+        atoms[i] = atoms[rng.integers(200)] + rng.normal(0, 0.02 * rng.random(), 16)
+    atoms = unit_rows(atoms)
+    usage = rng.integers(0, 30, 200)
+    worst = rng.standard_normal((60, 16))
+    worst[:20] = 3 * atoms[rng.choice(200, 20)]  # candidates that duplicate atoms
+    stats = {"usage": usage, "worst_rows": worst,
+             "worst_err": np.linspace(1.0, -0.2, 60) if seed % 2 else np.ones(60)}
+    got, n_got = learn.replace_atoms(atoms, stats)
+    expected, n_expected = _replace_atoms_reference(atoms, stats)
+    assert n_got == n_expected > 0
+    np.testing.assert_array_equal(np.any(got != atoms, axis=1),
+                                  np.any(expected != atoms, axis=1))
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("init", ["data", "kmeans++", "random"])
+@pytest.mark.parametrize("coder", ["omp", "mp"])
+def test_planted_recovery(init, coder):
+    planted = make_planted(1500, 20, 50, 3, 30.0, random_state=10)
+    model = daskdict.fit(planted.data, 50, 3, 60, init=init, coder=coder, random_state=1,
+                         progress=False)
+    assert recovered_fraction(planted.atoms, model.atoms) >= 0.8
+
+
+def test_fit_on_store_with_local_cluster(tmp_path):
+    planted = make_planted(4000, 16, 32, 3, 25.0, random_state=11)
+    path = tmp_path / "emb.zarr"
+    daskdict.create_store(path, {"final": planted.data, "hidden_01": planted.data[:, :8]},
+                          chunk_rows=1000)
+    model = daskdict.fit(path, n_atoms=32, n_nonzero=3, n_iter=25, random_state=0,
+                         progress=False)
+    assert model.fingerprint["layer"] == "final"
+    assert model.fingerprint["shape"] == [4000, 16]
+    assert recovered_fraction(planted.atoms, model.atoms) >= 0.8
+    hidden = daskdict.fit(path, layer="hidden_01", n_atoms=16, n_nonzero=2, n_iter=2,
+                          client="threads", progress=False)
+    assert hidden.atoms.shape == (16, 8)
+
+
+def test_default_number_of_atoms_is_four_times_d():
+    planted = make_planted(400, 6, 12, 2, 30.0, random_state=12)
+    model = daskdict.fit(planted.data, n_nonzero=2, n_iter=1, progress=False)
+    assert model.atoms.shape == (24, 6)
+
+
+def test_fit_uses_an_existing_client(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    planted = make_planted(2000, 8, 16, 2, 25.0, random_state=13)
+    with distributed.Client(n_workers=1, threads_per_worker=1, processes=False,
+                            dashboard_address=None) as client:
+        model = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
+                             client=client, random_state=0, progress=False)
+        assert not client.status == "closed"
+    reference = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
+                             client="sync", random_state=0, progress=False)
+    np.testing.assert_allclose(model.atoms, reference.atoms, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunks,n_shares", [((100,), 1), ((100,), 3), ((30, 30, 30, 10), 2),
+                                             ((7,) * 13 + (2,), 4), ((3,), 8)])
+def test_share_spans_cover_the_rows_in_equal_shares_within_chunks(chunks, n_shares):
+    shares = learn.share_spans(chunks, n_shares)
+    bounds = set(np.cumsum((0, *chunks)).tolist())
+    flat = [span for share in shares for span in share]
+    assert flat[0][0] == 0 and flat[-1][1] == sum(chunks)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(flat))  # contiguous, no overlap
+    for start, stop in flat:  # no span crosses a chunk boundary
+        assert stop > start and not any(start < b < stop for b in bounds)
+    sizes = [sum(stop - start for start, stop in share) for share in shares]
+    assert len(shares) == min(n_shares, sum(chunks)) and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("spans", [[(0, 10_922)], [(0, 10_922), (10_922, 21_844)],
+                                   [(50_000, 54_610), (54_610, 65_532)], [(0, 700)],
+                                   [(0, 3000), (3000, 3100)]])
+def test_share_pieces_tile_each_span_and_end_small(spans):
+    pieces = learn.share_pieces(spans)
+    assert pieces[0][1] == spans[0][0] and pieces[-1][2] == spans[-1][1]
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(pieces))  # contiguous, in order
+    for index, start, stop in pieces:  # inside their span
+        assert spans[index][0] <= start < stop <= spans[index][1]
+    # towards the end the pieces shrink: one ending k rows before the share's end has at most
+    # max(CODE_ROWS, k) rows, so threads taking them in turn end close together
+    end = spans[-1][1]
+    for _, start, stop in pieces:
+        if stop > end - 16 * learn.CODE_ROWS:
+            assert stop - start <= max(learn.CODE_ROWS, end - stop)
+    assert len(pieces) <= len(spans) + len(learn.TAIL_PIECES)
+
+
+def test_threads_coding_one_share_sum_in_piece_order(rng, monkeypatch):
+    """Threads take a share's pieces in turn and finish them in any order; the total is the
+    same, bit for bit, as one thread coding the share alone."""
+    import random
+    import threading
+    import time
+    import uuid
+
+    planted = make_planted(3000, 12, 24, 3, 20.0, random_state=1, dtype=np.float32)
+    atoms = np.ascontiguousarray(planted.atoms, dtype=np.float32)
+    spans = [(0, 1100), (1100, 2400), (2400, 3000)]
+    monkeypatch.setattr(learn, "CODE_ROWS", 64)  # 8 pieces, the smallest of 64 rows
+    args = (planted.data.astype(np.float32), spans)
+    rest = (atoms, 3, 0.0, "omp", 16)
+    alone = learn._share_statistics(*args, uuid.uuid4().hex, *rest)
+
+    chunk_statistics = learn._chunk_statistics
+    jitter = random.Random(0)
+
+    def slow(*a, **k):  # finish pieces out of order
+        time.sleep(jitter.random() * 0.01)
+        return chunk_statistics(*a, **k)
+
+    monkeypatch.setattr(learn, "_chunk_statistics", slow)
+    token, results = uuid.uuid4().hex, []
+    threads = [threading.Thread(target=lambda: results.append(
+        learn._share_statistics(*args, token, *rest))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    totals = [r for r in results if r is not None]
+    assert len(results) == 4 and len(totals) == 1
+    for key, value in alone.items():
+        np.testing.assert_array_equal(totals[0][key], value, err_msg=key)
+    # a task of the share that starts late (its thread was busy) codes nothing and returns
+    # None; the finished share keeps no sums
+    calls = []
+    monkeypatch.setattr(learn, "_chunk_statistics", lambda *a, **k: calls.append(1))
+    assert learn._share_statistics(*args, token, *rest) is None and calls == []
+    assert learn._SHARES[token].total is None and learn._SHARES[token].waiting == {}
+    learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
+
+
+def test_lanes_and_block_tasks_give_the_same_fit():
+    # NumPy and Zarr data are read by one task per lane; a dask array by one task per block
+    planted = make_planted(3000, 16, 32, 3, 20.0, random_state=5)
+    kwargs = dict(n_atoms=32, n_nonzero=3, n_iter=4, dtype="float64", random_state=2,
+                  progress=False)
+    lanes = daskdict.fit(planted.data, client="threads", **kwargs)
+    blocks = daskdict.fit(da.from_array(planted.data, chunks=(700, 16)), client="sync",
+                          **kwargs)
+    np.testing.assert_allclose(lanes.atoms, blocks.atoms, atol=1e-8)
+    assert [h["replaced_atoms"] for h in lanes.history] == [
+        h["replaced_atoms"] for h in blocks.history]
+
+
+def test_sub_block_coding_equals_coding_at_once(rng, monkeypatch):
+    from daskdict.learn import training as learn
+
+    atoms = unit_rows(rng.standard_normal((40, 12)))
+    y = rng.standard_normal((250, 12))
+    gram = atoms @ atoms.T
+    whole = learn.code_block(y, atoms, gram, 4, 0.0, "omp")
+    monkeypatch.setattr(learn, "CODE_ROWS", 64)
+    parts = learn.code_block(y, atoms, gram, 4, 0.0, "omp")
+    np.testing.assert_array_equal(whole[0], parts[0])
+    np.testing.assert_allclose(whole[1], parts[1], atol=1e-12)
+
+
+def test_replacement_candidates_are_capped():
+    from daskdict.learn.training import MIN_CANDIDATES, n_candidates
+
+    assert n_candidates(50) == 50
+    assert n_candidates(3072) == 384
+    assert n_candidates(1000) == MIN_CANDIDATES
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0])
+def test_planted_noise_has_the_requested_snr(snr_db):
+    noisy = make_planted(500, 20, 50, 3, snr_db, random_state=1, dtype=np.float64)
+    clean = make_planted(500, 20, 50, 3, None, random_state=1, dtype=np.float64)
+    noise = noisy.data - clean.data
+    measured = 20 * np.log10(np.linalg.norm(clean.data) / np.linalg.norm(noise))
+    assert measured == pytest.approx(snr_db, abs=1e-6)
+
+
+def test_shares_are_fixed_for_the_fit_and_its_resumption(tmp_path):
+    """A fit resumed on one thread cuts the rows as the first run on every core did (the
+    count of shares is in the checkpoint) and sums each share's pieces in the same order:
+    identical atoms."""
+    from daskdict.datasets.planted import write_planted_store
+
+    path = tmp_path / "planted.zarr"
+    write_planted_store(path, 4000, 24, 48, 3, random_state=0, chunk_rows=500)
+    kw = dict(n_atoms=48, n_nonzero=3, random_state=0, progress=False)
+    whole = daskdict.fit(path, n_iter=4, client="threads", **kw)
+    ck = tmp_path / "ck.zarr"
+    daskdict.fit(path, n_iter=2, client="threads", checkpoint=ck, **kw)
+    state = learn.load_checkpoint(ck)
+    assert state["n_shares"] == 1  # one process
+    resumed = daskdict.fit(path, n_iter=4, client="sync", checkpoint=ck, **kw)  # one thread
+    np.testing.assert_array_equal(resumed.atoms, whole.atoms)
+    # resume=False starts over (and overwrites the checkpoint)
+    fresh = daskdict.fit(path, n_iter=1, client="sync", checkpoint=ck, resume=False, **kw)
+    assert len(fresh.history) == 1 and len(learn.load_checkpoint(ck)["history"]) == 1
+
+
+def test_blocks_are_aligned_for_the_kernels(rng):
+    """Arrays unpickled on a worker can start at an odd address; the kernels get an aligned
+    copy with the same values, and the codes do not depend on where the input sat."""
+    atoms = rng.standard_normal((40, 16)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    y = rng.standard_normal((30, 16)).astype(np.float32)
+    raw = bytearray(atoms.nbytes + 1)
+    odd = np.frombuffer(raw, dtype=np.uint8)[1:].view(np.float32).reshape(atoms.shape)
+    odd[...] = atoms
+    assert not odd.flags.aligned
+    fixed = learn._as_block(odd)
+    assert fixed.flags.aligned and fixed.flags.c_contiguous
+    np.testing.assert_array_equal(fixed, atoms)
+    gram = learn.gram_matrix(atoms)
+    expected = learn.code_block(y, atoms, gram, 3, 0.0, "omp")
+    got = learn.code_block(y, odd, gram, 3, 0.0, "omp")
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_lanes_in_one_process_share_one_gram_matrix(rng):
+    """Threads of one process get the same atoms object per iteration: one Gram matrix is
+    made for all of them; a new dictionary gets its own, and the end of a fit frees it."""
+    atoms = rng.standard_normal((20, 8)).astype(np.float32)
+    first = learn._process_gram(atoms)
+    np.testing.assert_allclose(first, atoms @ atoms.T, rtol=1e-6)
+    assert learn._process_gram(atoms) is first
+    other = atoms * 2
+    assert learn._process_gram(other) is not first
+    np.testing.assert_allclose(learn._process_gram(other), other @ other.T, rtol=1e-6)
+    learn._SHARES["left-by-an-error"] = None
+    learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
+    assert learn._GRAM_CACHE == [None, None] and learn._SHARES == {}
+
+
+def test_threads_make_one_gram_matrix_together(rng, monkeypatch):
+    """Threads arriving together share the row blocks out and all get the matrix that
+    gram_matrix makes alone, bit for bit; a failed block fails every thread, and the next
+    call makes the matrix again."""
+    monkeypatch.setattr(learn, "GRAM_ROWS", 256)
+    atoms = rng.standard_normal((600, 24)).astype(np.float32)  # 2 full blocks and a part
+    expected = learn.gram_matrix(atoms)
+    np.testing.assert_allclose(expected, atoms @ atoms.T, rtol=1e-5, atol=1e-5)
+    made = []
+    real_block = learn._gram_block
+
+    def slow_block(atoms, gram, start):
+        made.append((threading.get_ident(), start))
+        time.sleep(0.05)  # every thread arrives before the blocks run out
+        real_block(atoms, gram, start)
+
+    monkeypatch.setattr(learn, "_gram_block", slow_block)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        grams = list(pool.map(lambda _: learn._process_gram(atoms), range(3)))
+    assert all(gram is grams[0] for gram in grams)
+    np.testing.assert_array_equal(grams[0], expected)
+    assert sorted(start for _, start in made) == [0, 256, 512]
+    assert len({thread for thread, _ in made}) > 1
+
+    def failing_block(atoms, gram, start):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(learn, "_gram_block", failing_block)
+    other = atoms * 2
+    with pytest.raises(MemoryError):
+        learn._process_gram(other)
+    monkeypatch.setattr(learn, "_gram_block", real_block)
+    np.testing.assert_array_equal(learn._process_gram(other), learn.gram_matrix(other))
+    learn._clear_worker_state()
+
+
+def test_statistics_merge_by_a_fixed_tree(rng):
+    """Shares' statistics are merged by a tree of tasks, 8 at a time: the sums of 20 shares
+    (three merges, then the root) equal one merge of all of them, the worst rows are the worst
+    of all, and the same tree gives the same bits every time."""
+    def part(n_worst=5):
+        err = np.sort(rng.random(n_worst))[::-1]
+        return {"restricted": rng.standard_normal((6, 4)), "coef_sq": rng.random(6),
+                "usage": rng.integers(0, 9, 6), "sums": rng.random(5), "row_sum": rng.random(4),
+                "worst_err": err, "worst_rows": rng.standard_normal((n_worst, 4))}
+
+    parts = [part() for _ in range(20)]
+    tree = learn._tree_reduce([dask.delayed(p) for p in parts], 5)
+    (merged,) = dask.compute(tree, scheduler="sync")
+    flat = learn._merge_statistics(parts, 5)
+    for key in ("restricted", "coef_sq", "sums", "row_sum"):
+        np.testing.assert_allclose(merged[key], flat[key], rtol=1e-12)
+    np.testing.assert_array_equal(merged["usage"], flat["usage"])
+    np.testing.assert_array_equal(merged["worst_err"], flat["worst_err"])
+    np.testing.assert_array_equal(merged["worst_rows"], flat["worst_rows"])
+    (again,) = dask.compute(learn._tree_reduce([dask.delayed(p) for p in parts], 5),
+                            scheduler="threads")
+    for key, value in merged.items():
+        np.testing.assert_array_equal(again[key], value)
+    # one share is merged once too (the driver always gets float64 sums)
+    (single,) = dask.compute(learn._tree_reduce([dask.delayed(parts[0])], 5), scheduler="sync")
+    np.testing.assert_array_equal(single["restricted"], parts[0]["restricted"])
+    assert learn._share_total(None, parts[3], None) is parts[3]
+    with pytest.raises(RuntimeError, match="no task"):
+        learn._share_total(None, None)
