@@ -1,4 +1,4 @@
-"""Throughput of ``daskdict.embed`` against the model's bare forward passes (issue 3).
+"""Throughput of ``daskdict.embed`` against the model's bare forward passes.
 
 A randomly initialised ViT-Base (``ViTConfig()``: 12 layers, width 768, 224 px, patch 16;
 ``--config small`` for a 6-layer width-384 one) is saved with a ``ViTImageProcessor`` to a
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         store = daskdict.embed(root / "images", root / "embeddings.zarr", model=root / "model",
                                batch_size=args.batch_size, device=device, precision=precision,
-                               num_workers=args.workers, progress=False)
+                               num_workers=args.workers, verbose=False)
         whole = time.perf_counter() - start
         print(f"embed: {whole:.2f} s", flush=True)
         assert store.n_items == args.n_images and store.attrs["embed"]["n_failed"] == 0
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         table(["images", "batch", "device", "torch threads", "loader threads",
                "bare forward s", "embed s", "embed img/s", "bare img/s",
                "decode+preprocess s (1 thread)", "embed / bare", f"<= {BAR}"], rows,
-              title=f"daskdict.embedding.run, random ViT-{args.config}, {len(store.layer_names)} "
+              title=f"daskdict.embed, random ViT-{args.config}, {len(store.layer_names)} "
                     "layers stored")
         write_json("bench_embed", {
             "n_images": args.n_images, "batch_size": args.batch_size, "config": args.config,

@@ -1,4 +1,4 @@
-"""Explain time of the ``keywords`` method (issue 4): 1M captions, 3,072 atoms, 10 non-zeros.
+"""Explain time of the ``keywords`` method: 1M captions, 3,072 atoms, 10 non-zeros.
 
 Synthetic captions: 6 to 12 words drawn from a Zipf-like vocabulary (``--vocabulary`` words);
 codes: 10 distinct random atoms per item with N(0, 1) coefficients. Timed: the whole
@@ -19,7 +19,7 @@ import time
 import numpy as np
 from _common import environment, table, write_json
 
-from daskdict import _text
+from daskdict.explanations import keywords as _text
 from daskdict.explanations.explain import CodeTable, explain
 from daskdict.learn.dictionary import Codes
 

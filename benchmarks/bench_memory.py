@@ -121,7 +121,7 @@ def single(args):
         try:
             model = daskdict.fit(str(path), n_atoms=args.n_atoms, n_nonzero=args.n_nonzero,
                                  n_iter=args.n_iter, client=client, random_state=0,
-                                 progress=False)
+                                 verbose=False)
             result["completed"] = True
             result["history"] = model.history
         except Exception as exc:  # report, do not crash: a failed fit is a result

@@ -10,7 +10,7 @@ under --workdir (kept with --keep; reused when it is there). For each worker cou
    the median of ``history[i]["seconds"]`` over iterations 2..R, and the measured memory the
    workers' peak resident set (``getrusage`` in each worker).
 
-Bar (issue 6): the prediction for N=1,000,000 on 2 workers is within 25 % of the measurement.
+Bar: the prediction for N=1,000,000 on 2 workers is within 25 % of the measurement.
 
     python benchmarks/bench_plan.py                      # N=1,000,000, R=3 (~10 min)
     python benchmarks/bench_plan.py --n-samples 200000   # quicker
@@ -70,7 +70,7 @@ def main() -> None:
                 t_plan = time.perf_counter() - begin
                 model = daskdict.fit(store, n_atoms=args.n_atoms, n_nonzero=args.n_nonzero,
                                      n_iter=args.n_iter, random_state=0, client=cluster,
-                                     progress=False)
+                                     verbose=False)
                 measured = median([h["seconds"] for h in model.history[1:]])
                 memory = max(client.run(_peak_rss).values())
             ratio = prediction.seconds_per_iteration / measured

@@ -35,7 +35,7 @@ def run_trials(snr_db, trials, update, dtype, args):
         start = time.perf_counter()
         model = daskdict.fit(planted.data, n_atoms=args.n_atoms, n_nonzero=args.n_nonzero,
                              n_iter=args.n_iter, update=update, dtype=dtype,
-                             random_state=trial, progress=False)
+                             random_state=trial, verbose=False)
         seconds.append(time.perf_counter() - start)
         rates.append(recovered_fraction(planted.atoms, model.atoms))
         errors.append(model.history[-1]["relative_error"])

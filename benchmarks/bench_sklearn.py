@@ -101,7 +101,7 @@ def main():
 
     import daskdict
     from daskdict.evaluation.metrics import recovered_fraction
-    from daskdict.io.store import as_dask_array
+    from daskdict.io.reads import as_dask_array
 
     name = "bench_sklearn" + ("-no-early-stopping" if args.sklearn_no_early_stopping else "")
     y, planted = planted_data(args)
@@ -113,7 +113,7 @@ def main():
     for rep in range(args.daskdict_repeats + 1):  # the first fit warms numba's cache up
         start = time.perf_counter()
         model = daskdict.fit(y, n_atoms=args.n_atoms, n_nonzero=args.n_nonzero,
-                             n_iter=args.n_iter, random_state=0, progress=False)
+                             n_iter=args.n_iter, random_state=0, verbose=False)
         wall = time.perf_counter() - start
         if rep > 0 or args.daskdict_repeats == 0:
             walls.append(wall)
@@ -132,7 +132,7 @@ def main():
             start = time.perf_counter()
             daskdict.fit(da.from_array(y, chunks=(rows, -1)), n_atoms=args.n_atoms,
                          n_nonzero=args.n_nonzero, n_iter=args.n_iter, random_state=0,
-                         client="threads", progress=False)
+                         client="threads", verbose=False)
             split_walls.append(time.perf_counter() - start)
         print(f"daskdict fit, rows split in {n_cores()} chunks (diagnostic): median "
               f"{median(split_walls):.2f} s", flush=True)

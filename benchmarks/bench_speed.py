@@ -17,7 +17,7 @@ Bar: iteration / bare product <= 2.0.
 Also printed: how long each iteration's share tasks ran in the workers and how far apart the
 threads finished (distributed task stream), and a time split of the per-chunk pieces
 single-threaded (threadpoolctl): reading a chunk (through the fit's reader), the GEMM, the
-squared norms, Batch-OMP (``daskdict._kernels.batch_omp``), ``residual_statistics``, pickling
+squared norms, Batch-OMP (``daskdict.learn.kernels.batch_omp``), ``residual_statistics``, pickling
 the chunk's statistics, the Gram matrix (made once per worker process, by its threads
 together), the NaN scan (once per fit, not per iteration), and the driver's work (merging the
 shares' statistics, atom update, atom replacement). The per-iteration estimate of a worker
@@ -97,17 +97,13 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
     """Per-chunk pieces of an iteration, single-threaded, and the driver's pieces."""
     from threadpoolctl import threadpool_limits
 
-    from daskdict import _kernels, open_store
-    from daskdict.io.store import open_rows
-    from daskdict.learn.training import (
-        _chunk_statistics,
-        _merge_statistics,
-        approx_update,
-        check_block,
-        gram_matrix,
-        n_candidates,
-        replace_atoms,
-    )
+    from daskdict import open_store
+    from daskdict.io.reads import open_rows
+    from daskdict.learn import kernels as _kernels
+    from daskdict.learn.coding import block_statistics as _chunk_statistics
+    from daskdict.learn.coding import check_block, gram_matrix
+    from daskdict.learn.shares import merge_statistics as _merge_statistics
+    from daskdict.learn.updates import approx_update, n_candidates, replace_atoms
 
     array = open_store(path).layer_array("final")
     _, _, reader = open_rows(path)  # what the fit reads through
@@ -242,7 +238,7 @@ def main():
                 with get_task_stream(client) as stream:
                     model = daskdict.fit(str(path), n_atoms=args.n_atoms,
                                          n_nonzero=args.n_nonzero, n_iter=n_iter,
-                                         client=client, random_state=0, progress=False,
+                                         client=client, random_state=0, verbose=False,
                                          checkpoint=checkpoint / "run.zarr")
                 tasks.append(share_tasks(stream.data))
                 bares.append(bare_product(y, d0, args.repeats))

@@ -1,17 +1,21 @@
-"""daskdict: human-readable concepts in vision-transformer embeddings, by K-SVD out of core.
+"""daskdict: human-readable concepts in transformer embeddings, by K-SVD out of core.
 
 >>> import daskdict
 >>> model = daskdict.fit("embeddings.zarr", n_atoms=3072, n_nonzero=10, n_iter=10)
 >>> codes = model.encode("embeddings.zarr")
+>>> explanations = daskdict.explain(codes, "embeddings.zarr")
 
-``daskdict.embed(images, "embeddings.zarr", model=...)`` writes such a store from images (needs
-the ``embed`` extra: PyTorch, transformers, Pillow; imported only when it runs).
-``daskdict.explain(codes, "embeddings.zarr")`` explains each concept from the captions.
+The pipeline's stages are packages, each importing only the ones before it:
+:mod:`daskdict.io` (formats, stores, atomic writes) → :mod:`daskdict.compute` (runtimes,
+clusters) → :mod:`daskdict.datasets` → :mod:`daskdict.learn` (kernels, coding, K-SVD, the
+dictionary and estimator, plans) → :mod:`daskdict.embedding` → :mod:`daskdict.explanations` →
+:mod:`daskdict.evaluation` → :mod:`daskdict.graph` → :mod:`daskdict.report` →
+:mod:`daskdict.cli`. The names below are the public surface.
 """
 
 from daskdict._version import __version__
-from daskdict.compute.clusters import cluster
-from daskdict.embedding.run import embed
+from daskdict.compute import cluster
+from daskdict.embedding import embed
 from daskdict.errors import (
     CheckpointMismatchError,
     CorruptChunkError,
@@ -20,13 +24,12 @@ from daskdict.errors import (
     OutputNotWritableError,
     StoreNotFoundError,
 )
-from daskdict.explanations.explain import Explanations, explain
-from daskdict.explanations.llm import LocalLM, OpenAIChat
-from daskdict.graph.estimator import ConceptGraph, fit_layers
-from daskdict.io.store import EmbeddingStore, create_store, open_store
-from daskdict.learn.dictionary import KSVD, Codes, Dictionary, load
-from daskdict.learn.planning import Plan, plan
-from daskdict.learn.training import fit
+from daskdict.explanations import Explanations, LocalLM, OpenAIChat, explain
+from daskdict.graph import ConceptGraph
+from daskdict.io import EmbeddingStore, create_store, describe, load, open_store
+from daskdict.learn import KSVD, Codes, Dictionary, Plan, fit, plan
+from daskdict.learn.layers import fit_layers
+from daskdict.report import write_report
 
 __all__ = [
     "KSVD",
@@ -47,6 +50,7 @@ __all__ = [
     "__version__",
     "cluster",
     "create_store",
+    "describe",
     "embed",
     "explain",
     "fit",
@@ -54,4 +58,5 @@ __all__ = [
     "load",
     "open_store",
     "plan",
+    "write_report",
 ]

@@ -49,7 +49,7 @@ def run(workdir: Path, n_samples: int = 20_000, n_iter: int = 20, n_workers: int
 
         # 3. Fit: one pass over the chunks per iteration.
         model = daskdict.fit(store.path, n_atoms=128, n_nonzero=4, n_iter=n_iter,
-                             random_state=0, client=client, progress=True)
+                             random_state=0, client=client, verbose=True)
         print(model)
         for record in model.history:
             print(f"  iteration {record['iteration']:2d}: relative error "

@@ -28,7 +28,9 @@ def checkpoint_history(path: Path) -> list[dict] | None:
     """The history stored in a checkpoint, read with zarr directly (None if there is none)."""
     try:
         group = zarr.open_group(path, mode="r")
-        return list(group.attrs["daskdict_checkpoint"]["history"])
+        attrs = group.attrs
+        meta = attrs["daskdict"] if "daskdict" in attrs else attrs["daskdict_checkpoint"]
+        return list(meta["history"])
     except Exception:  # not there yet, or being swapped in
         return None
 
@@ -41,3 +43,25 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+def _clusters_are_marked(request, monkeypatch):
+    """A test that starts a LocalCluster must say so (``@pytest.mark.cluster``), so that
+    ``-m 'not cluster'`` really leaves out every test that starts worker processes."""
+    if request.node.get_closest_marker("cluster") is not None:
+        yield
+        return
+    import distributed
+
+    started = []
+    real_init = distributed.LocalCluster.__init__
+
+    def recording_init(self, *args, **kwargs):
+        started.append(True)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", recording_init)
+    yield
+    if started:
+        pytest.fail(f"{request.node.nodeid} starts a LocalCluster: mark it @pytest.mark.cluster")

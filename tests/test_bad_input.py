@@ -1,11 +1,14 @@
 """Bad input: every mistake gets a daskdict error naming the problem, raised before any K-SVD work
 starts (no initialisation, no iteration, no output written), and the input store is left
 byte-identical. The same through the ``daskdict`` command: exit code 2, one line, no traceback.
+
+These are the fit-centred cases in depth (non-finite rows counted across chunks, corrupt chunks,
+damaged layers), and property-based ones drawn by hypothesis; test_bad_input_matrix.py runs every
+entry point over every kind of bad input.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +18,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from helpers_bad_input import api_refused, example, tree_hashes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import daskdict
 import daskdict.learn.training as learn
@@ -31,15 +37,6 @@ N, D, K, S, CHUNK = 2000, 16, 32, 3, 500
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (or of ``root`` itself), by relative path."""
-    root = Path(root)
-    if root.is_file():
-        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def planted(seed=0) -> np.ndarray:
@@ -90,7 +87,7 @@ def refused(work, exc_type, fragments, fn, *, watch=(), must_not_exist=()):
 
 
 def fit_kw(**kw):
-    base = dict(n_atoms=K, n_nonzero=S, n_iter=2, random_state=0, client="sync", progress=False)
+    base = dict(n_atoms=K, n_nonzero=S, n_iter=2, random_state=0, client="sync", verbose=False)
     return {**base, **kw}
 
 
@@ -227,9 +224,11 @@ def test_path_that_is_not_zarr(tmp_path, work):
     (folder / "notes.txt").write_text("hello")
     text = tmp_path / "data.csv"
     text.write_text("1,2,3\n")
-    for path in (folder, text):
-        refused(work, StoreNotFoundError, [str(path)],
-                lambda path=path: daskdict.fit(path, **fit_kw()), watch=[path])
+    # a file is not a store: the message says what it is instead (io.formats' hints)
+    refused(work, InvalidInputError, [str(text), "CSV"],
+            lambda: daskdict.fit(text, **fit_kw()), watch=[text])
+    refused(work, DaskdictError, [str(folder)], lambda: daskdict.fit(folder, **fit_kw()),
+            watch=[folder])
 
 
 def test_missing_layer_lists_available_layers(tmp_path, work):
@@ -440,7 +439,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, work, case):
     assert code == 2
     assert out == ""
     assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
-    assert err.startswith("daskdict fit: error: ")
+    assert err.startswith("daskdict: error: ")
     assert "Traceback" not in err
     for fragment in expected:
         assert fragment in err, f"{fragment!r} not in {err!r}"
@@ -470,7 +469,7 @@ def _assert_one_line_error(result, fragment):
     assert result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"not one line: {result.stderr!r}"
-    assert lines[0].startswith("daskdict fit: error: ") and fragment in lines[0]
+    assert lines[0].startswith("daskdict: error: ") and fragment in lines[0]
     assert "Traceback" not in result.stderr
 
 
@@ -499,3 +498,68 @@ def test_cli_subprocess_bad_input_on_local_cluster_is_one_line(tmp_path):
     assert tree_hashes(store) == before
     assert not (tmp_path / "d.zarr").exists()
     _assert_one_line_error(result, "row 42")
+
+
+# --------------------------------------------------------------------------- property-based
+
+# counts a user may type that are not positive integers (0 and negatives, floats, bools, text)
+BAD_COUNTS = st.one_of(st.integers(max_value=0), st.floats(allow_nan=True, allow_infinity=True),
+                       st.booleans(), st.text(max_size=4), st.lists(st.integers(1, 9),
+                                                                    max_size=2))
+# the same examples on every run (a failure is reproducible) and no example database in the
+# checkout; function-scoped tmp_path is fine: every example leaves it as it found it
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(name=st.sampled_from(["n_atoms", "n_nonzero", "n_iter"]), value=BAD_COUNTS)
+def test_any_bad_count_is_refused_by_name(tmp_path, name, value):
+    """fit, KSVD and encode refuse every count that is not a positive integer, naming it."""
+    data = planted()[:200]
+    kw = {"n_atoms": 8, "n_nonzero": 2, "n_iter": 1, name: value}
+    with example(entry="fit", name=name, value=value):
+        api_refused(lambda: daskdict.fit(data, **kw, client="sync", verbose=False), [name],
+                    root=tmp_path, error=InvalidInputError)
+    with example(entry="KSVD.fit", name=name, value=value):
+        api_refused(lambda: daskdict.KSVD(**kw, client="sync").fit(data), [name],
+                    root=tmp_path, error=InvalidInputError)
+    if name == "n_nonzero":
+        model = daskdict.Dictionary(np.eye(8, D, dtype=np.float32))
+        with example(entry="encode", name=name, value=value):
+            api_refused(lambda: model.encode(data, n_nonzero=value, client="sync"), [name],
+                        root=tmp_path, error=InvalidInputError)
+
+
+@PROPERTY
+@given(cells=st.lists(st.tuples(st.integers(0, 299), st.integers(0, D - 1)), min_size=1,
+                      max_size=4),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]))
+def test_non_finite_cells_anywhere_are_refused_with_the_first_row(tmp_path, cells, bad):
+    """Wherever NaN or inf hides, encode names the first bad row and how many there are."""
+    model = daskdict.Dictionary(np.eye(8, D, dtype=np.float32), params={"n_nonzero": 2})
+    data = planted()[:300]
+    for row, col in cells:
+        data[row, col] = bad
+    rows = sorted({row for row, _ in cells})
+    with example(cells=cells, bad=bad):
+        api_refused(lambda: model.encode(data, client="sync"),
+                    [f"row {rows[0]}", f"{len(rows)} row(s)"], root=tmp_path,
+                    error=InvalidInputError)
+
+
+@PROPERTY
+@given(name=st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1,
+                    max_size=20).filter(lambda n: n not in (".", "..")))
+def test_any_missing_path_is_named(tmp_path, name):
+    """A path that does not exist is a StoreNotFoundError naming it, whatever its name."""
+    missing = tmp_path / "nowhere" / name
+    # as typed, or as repr() shows it (control characters escaped)
+    named = (str(missing), repr(str(missing))[1:-1])
+    for entry, call in (("open_store", lambda: daskdict.open_store(missing)),
+                        ("load", lambda: daskdict.load(missing)),
+                        ("fit", lambda: daskdict.fit(missing, n_atoms=8, n_iter=1,
+                                                     verbose=False)),
+                        ("Codes.load", lambda: daskdict.Codes.load(missing))):
+        with example(entry=entry, name=name):
+            api_refused(call, [named], root=tmp_path, error=StoreNotFoundError)

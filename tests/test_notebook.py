@@ -18,6 +18,8 @@ nbformat = pytest.importorskip("nbformat", reason="nbformat is needed to run the
 nbclient = pytest.importorskip("nbclient", reason="nbclient is needed to run the notebook")
 pytest.importorskip("ipykernel", reason="ipykernel is needed to run the notebook")
 
+pytestmark = [pytest.mark.notebook, pytest.mark.cluster]
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "quickstart.ipynb"
 # The fit recovers 98% of the planted atoms with the notebook's seeds (93-99% over other seeds).
@@ -47,8 +49,9 @@ def test_notebook_is_saved_without_outputs(path):
             assert cell.execution_count is None, "clear the notebook's outputs before committing"
 
 
-def _execute(path: Path, tmp_path: Path, monkeypatch) -> tuple[str, Path]:
-    """Run a notebook in a fresh kernel of this interpreter; its text output and work folder."""
+def _execute(path: Path, tmp_path: Path, monkeypatch) -> tuple[str, Path, object]:
+    """Run a notebook in a fresh kernel of this interpreter; its text output, work folder and
+    the executed notebook."""
     from ipykernel.kernelspec import write_kernel_spec
 
     jupyter_dir = tmp_path / "jupyter"
@@ -81,11 +84,16 @@ def _execute(path: Path, tmp_path: Path, monkeypatch) -> tuple[str, Path]:
     check = "".join(out.get("text", "") for out in nb.cells[n_cells].outputs)
     assert f"kernel python: {sys.executable}" in check, check
     assert f"cwd: {workdir}" in check, check
-    return _text_outputs(nb), workdir
+    return _text_outputs(nb), workdir, nb
+
+
+def _n_images(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells
+               for out in cell.get("outputs", []))
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    text, workdir = _execute(NOTEBOOK, tmp_path, monkeypatch)
+    text, workdir, _ = _execute(NOTEBOOK, tmp_path, monkeypatch)
     match = re.search(r"^recovered: ([0-9.]+)$", text, flags=re.MULTILINE)
     assert match, f"no 'recovered: …' line in the notebook's output:\n{text}"
     assert float(match.group(1)) >= MIN_RECOVERED, text
@@ -95,9 +103,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert list(workdir.iterdir()) == []
 
 
-
 def test_concept_graph_notebook_runs(tmp_path, monkeypatch):
-    text, workdir = _execute(NOTEBOOKS / "concept_graph.ipynb", tmp_path, monkeypatch)
+    text, workdir, nb = _execute(NOTEBOOKS / "concept_graph.ipynb", tmp_path, monkeypatch)
+    assert _n_images(nb) >= 2, "the parents histogram and the ROC curves are displayed"
     match = re.search(r"edge precision ([0-9.]+)  recall ([0-9.]+)  median AUC of driven "
                       r"concepts ([0-9.]+)", text)
     assert match, f"no edge scores in the notebook's output:\n{text}"
@@ -114,7 +122,7 @@ def test_concept_graph_notebook_runs(tmp_path, monkeypatch):
 
 def test_embed_notebook_runs(tmp_path, monkeypatch):
     pytest.importorskip("transformers", reason="the embed notebook needs the embed extra")
-    text, workdir = _execute(NOTEBOOKS / "embed.ipynb", tmp_path, monkeypatch)
+    text, workdir, _ = _execute(NOTEBOOKS / "embed.ipynb", tmp_path, monkeypatch)
     assert "embedded 61 images (1 unreadable)" in text, text
     assert "damaged.jpg -> UnidentifiedImageError" in text, text
     assert "trained on 60 rows (1 flagged row skipped)" in text, text

@@ -25,11 +25,12 @@ import zarr
 from conftest import checkpoint_history, wait_for
 
 import daskdict
-import daskdict.compute.runtime as runtime_mod
-import daskdict.io.store as store_mod
+import daskdict.io.atomic as atomic_mod
 import daskdict.learn.training as learn
+from daskdict.compute.runtime import Runtime
 from daskdict.datasets.planted import make_planted, write_planted_store
 from daskdict.errors import CheckpointMismatchError
+from daskdict.learn import checkpoints, coding
 
 SCRIPT = Path(__file__).parent / "scripts" / "fit_checkpoint.py"
 N_ATOMS, N_NONZERO = 32, 3
@@ -59,7 +60,7 @@ def planted_store(tmp_path_factory) -> Path:
 def fit_store(store, n_iter, **kw):
     kw.setdefault("client", "threads")
     return daskdict.fit(store, n_atoms=N_ATOMS, n_nonzero=N_NONZERO, n_iter=n_iter,
-                        random_state=0, progress=False, **kw)
+                        random_state=0, verbose=False, **kw)
 
 
 # --------------------------------------------------------------------------- 1. SIGKILL
@@ -139,7 +140,7 @@ def checkpointed(planted_store, tmp_path):
 @pytest.mark.parametrize("change", ["n_atoms", "n_nonzero", "coder", "dtype", "replace_atoms"])
 def test_checkpoint_of_other_parameters_is_refused(planted_store, checkpointed, change):
     params = dict(n_atoms=N_ATOMS, n_nonzero=N_NONZERO, n_iter=2, random_state=0,
-                  client="threads", progress=False, checkpoint=checkpointed)
+                  client="threads", verbose=False, checkpoint=checkpointed)
     params[change] = {"n_atoms": 40, "n_nonzero": 4, "coder": "mp", "dtype": "float64",
                       "replace_atoms": False}[change]
     before = tree_hashes(checkpointed)
@@ -185,28 +186,28 @@ def test_checkpoint_of_same_shape_other_content_is_refused(tmp_path, source):
     else:
         first = second = tmp_path / "store.zarr"
         daskdict.create_store(first, {"final": a}, chunk_rows=500)
-    daskdict.fit(first, N_ATOMS, N_NONZERO, 2, random_state=0, client="sync", progress=False,
+    daskdict.fit(first, N_ATOMS, N_NONZERO, 2, random_state=0, client="sync", verbose=False,
                  checkpoint=ck)
     if source != "ndarray":
         daskdict.create_store(second, {"final": b}, chunk_rows=500, overwrite=True)
     with pytest.raises(CheckpointMismatchError):
         daskdict.fit(second, N_ATOMS, N_NONZERO, 2, random_state=0, client="sync",
-                     progress=False, checkpoint=ck)
+                     verbose=False, checkpoint=ck)
 
 
 def test_checkpoint_of_other_random_state_is_refused(planted_store, checkpointed):
     with pytest.raises(CheckpointMismatchError):
         daskdict.fit(planted_store, N_ATOMS, N_NONZERO, 2, random_state=1, client="threads",
-                     progress=False, checkpoint=checkpointed)
+                     verbose=False, checkpoint=checkpointed)
 
 
 def test_checkpoint_with_random_state_none_resumes_with_its_seed(planted_store, tmp_path):
     """random_state=None on resume adopts the checkpoint's seed (documented design)."""
     ck = tmp_path / "run.zarr"
     first = daskdict.fit(planted_store, N_ATOMS, N_NONZERO, 2, client="threads",
-                         progress=False, checkpoint=ck)
+                         verbose=False, checkpoint=ck)
     again = daskdict.fit(planted_store, N_ATOMS, N_NONZERO, 2, client="threads",
-                         progress=False, checkpoint=ck)
+                         verbose=False, checkpoint=ck)
     assert again.params["random_state"] == first.params["random_state"]
     assert np.array_equal(again.atoms, first.atoms)
 
@@ -234,7 +235,7 @@ def worker_store(tmp_path_factory) -> Path:
     return path
 
 
-WORKER_FIT = dict(n_atoms=64, n_nonzero=4, n_iter=8, random_state=0, progress=False)
+WORKER_FIT = dict(n_atoms=64, n_nonzero=4, n_iter=8, random_state=0, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +257,10 @@ def _fit_in_thread(store, client, **kw):
     return thread, box
 
 
+@pytest.mark.cluster
 def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
                                                   worker_reference, tmp_path):
-    """SIGKILL one of two workers while it runs a share (chunk) task of iteration >= 3; the nanny
+    """SIGKILL one of two workers while it runs a share (or chunk) task of iteration >= 3; the nanny
     restarts it, the lost tasks are recomputed and the fit ends with the undisturbed atoms."""
     client = cluster_client
     client.wait_for_workers(2, timeout=60)
@@ -272,7 +274,7 @@ def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
 
     def busy_worker():
         for address, keys in client.processing().items():
-            busy = any(str(k).startswith(("_share_statistics", "_chunk_statistics"))
+            busy = any(str(k).startswith(("share_statistics", "block_statistics"))
                        for k in keys)
             if address in pids and busy:
                 return address
@@ -296,6 +298,7 @@ def test_fit_survives_worker_killed_mid_iteration(cluster_client, worker_store,
     assert pids[victim] not in new_pids.values()
 
 
+@pytest.mark.cluster
 def test_fit_survives_worker_killed_at_iteration_start(cluster_client, worker_store,
                                                         worker_reference, monkeypatch):
     """A worker dies at the start of iteration 2, as the driver ships the new dictionary."""
@@ -303,7 +306,7 @@ def test_fit_survives_worker_killed_at_iteration_start(cluster_client, worker_st
     client.wait_for_workers(2, timeout=60)
     pids = client.run(os.getpid)
     killed = []
-    real_share = runtime_mod.Runtime.share
+    real_share = Runtime.share
 
     def share(self, value):
         if len(killed) == 0 and share.calls == 1:  # call i ships the atoms of iteration i + 1
@@ -313,7 +316,7 @@ def test_fit_survives_worker_killed_at_iteration_start(cluster_client, worker_st
         return real_share(self, value)
 
     share.calls = 0
-    monkeypatch.setattr(runtime_mod.Runtime, "share", share)
+    monkeypatch.setattr(Runtime, "share", share)
     try:
         model = daskdict.fit(worker_store, client=client, **WORKER_FIT)
     finally:
@@ -331,7 +334,7 @@ def _assert_checkpoint_at(ck: Path, store, n_done: int):
     history = checkpoint_history(ck)
     assert history is not None
     assert [h["iteration"] for h in history] == list(range(1, n_done + 1))
-    state = learn.load_checkpoint(ck)
+    state = checkpoints.load_checkpoint(ck)
     assert state is not None and len(state["history"]) == n_done
     expected = fit_store(store, n_done).atoms
     assert np.abs(state["atoms"] - expected).max() < 1e-5
@@ -364,7 +367,7 @@ def test_keyboard_interrupt_between_iterations_keeps_last_checkpoint(planted_sto
 def test_exception_in_a_chunk_task_keeps_last_checkpoint(planted_store, tmp_path, monkeypatch):
     """A task failing mid-graph (third iteration, fifth chunk) propagates; state is intact."""
     ck = tmp_path / "run.zarr"
-    real = learn._chunk_statistics
+    real = coding.block_statistics
     lock = threading.Lock()
     calls = []
 
@@ -376,10 +379,10 @@ def test_exception_in_a_chunk_task_keeps_last_checkpoint(planted_store, tmp_path
             raise RuntimeError("disk went away")
         return real(*a, **k)
 
-    monkeypatch.setattr(learn, "_chunk_statistics", failing)
+    monkeypatch.setattr(coding, "block_statistics", failing)
     with pytest.raises(RuntimeError, match="disk went away"):
         fit_store(planted_store, 5, checkpoint=ck)
-    monkeypatch.setattr(learn, "_chunk_statistics", real)
+    monkeypatch.setattr(coding, "block_statistics", real)
     _assert_checkpoint_at(ck, planted_store, 2)
 
 
@@ -387,7 +390,7 @@ def test_interrupt_while_writing_checkpoint_keeps_previous_one(planted_store, tm
                                                                monkeypatch):
     """Interrupted after the new group is written but before it is swapped in."""
     ck = tmp_path / "run.zarr"
-    real = store_mod.atomic_replace  # what store.atomic_group swaps the new group in with
+    real = atomic_mod.atomic_replace  # what atomic_group swaps the new group in with
     calls = []
 
     def interrupted(tmp, path):
@@ -396,10 +399,10 @@ def test_interrupt_while_writing_checkpoint_keeps_previous_one(planted_store, tm
             raise KeyboardInterrupt
         return real(tmp, path)
 
-    monkeypatch.setattr(store_mod, "atomic_replace", interrupted)
+    monkeypatch.setattr(atomic_mod, "atomic_replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fit_store(planted_store, 5, checkpoint=ck)
-    monkeypatch.setattr(store_mod, "atomic_replace", real)
+    monkeypatch.setattr(atomic_mod, "atomic_replace", real)
     _assert_checkpoint_at(ck, planted_store, 2)
 
 
@@ -423,7 +426,7 @@ def test_crash_between_the_two_renames_keeps_a_checkpoint(planted_store, tmp_pat
         fit_store(planted_store, 4, checkpoint=ck)
     monkeypatch.setattr(os, "replace", real_replace)
     assert len(swaps) == 3, "precondition: the third swap was not reached"
-    state = learn.load_checkpoint(ck)
+    state = checkpoints.load_checkpoint(ck)
     assert state is not None, "no checkpoint at the path after a crash mid-swap"
     assert len(state["history"]) == 2
 
@@ -451,5 +454,5 @@ def test_sigint_to_cli_exits_130_and_keeps_checkpoint(planted_store, tmp_path):
     assert not out.exists()
     history = checkpoint_history(ck)
     assert history is not None and 1 <= len(history) < n_iter
-    state = learn.load_checkpoint(ck)
+    state = checkpoints.load_checkpoint(ck)
     assert [h["iteration"] for h in state["history"]] == list(range(1, len(history) + 1))

@@ -1,5 +1,6 @@
 """The ``daskdict`` command line: one verb per pipeline stage."""
 
-from daskdict.cli.app import build_parser, main
+from daskdict.cli.app import main
+from daskdict.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]

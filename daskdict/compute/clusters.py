@@ -6,7 +6,7 @@ jobs; pass it as ``client=`` to :func:`daskdict.fit` (or ``daskdict fit --cluste
 jobqueue.yaml``, section ``jobqueue.<kind>``), as with dask-jobqueue itself: queue, account,
 memory, walltime, interface, job directives.
 
-Two choices are daskdict's (DESIGN.md §4):
+Two choices are daskdict's:
 
 * one single-threaded worker process per core of a job (``processes = cores``): the numba
   kernels and BLAS run serially in each task, and Dask runs one task per core;
@@ -25,8 +25,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from daskdict.compute.runtime import local_cluster, n_cores
+from daskdict.compute.runtime import local_cluster
 from daskdict.errors import InvalidInputError
+from daskdict.io.resources import n_cores
+from daskdict.validation import check_choice, check_positive_int
 
 # daskdict name -> dask-jobqueue class
 JOBQUEUE_KINDS = {
@@ -82,10 +84,9 @@ def cluster(kind: str = "local", *, jobs: int | None = None, cores: int | None =
     ...     model = daskdict.fit("embeddings.zarr", n_atoms=3072, client=hpc,
     ...                          checkpoint="run.zarr")
     """
-    if kind not in KINDS:
-        raise InvalidInputError(f"Expected kind to be one of {KINDS}. Got {kind!r}.")
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise InvalidInputError(f"Expected jobs to be a positive integer. Got {jobs!r}.")
+    check_choice("kind", kind, KINDS)
+    jobs = check_positive_int("jobs", jobs, optional=True)
+    cores = check_positive_int("cores", cores, optional=True)
     if kind == "local":
         started = local_cluster(jobs or n_cores(), kwargs.pop("memory_limit", "auto"))
         if kwargs:
@@ -110,7 +111,7 @@ def _jobqueue_cluster(kind: str, cores, memory, walltime, kwargs: dict) -> tuple
         import dask_jobqueue
     except ImportError as exc:
         raise ImportError(
-            f"daskdict.compute.clusters({kind!r}) needs dask-jobqueue: pip install 'daskdict[jobqueue]'"
+            f"daskdict.cluster({kind!r}) needs dask-jobqueue: pip install 'daskdict[jobqueue]'"
         ) from exc
     import dask
 

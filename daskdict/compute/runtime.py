@@ -3,7 +3,7 @@
 Three thread pools meet in daskdict (BLAS, numba, Dask). Each Dask worker runs one task per core
 with single-threaded BLAS (distributed's nanny sets ``OMP_NUM_THREADS=1`` and friends before
 starting a worker) and serial numba kernels; in-process runs limit BLAS to one thread while
-several Dask threads compute. Oversubscribing the cores costs 2-10x.
+several Dask threads compute: oversubscribed cores slow every pool down.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -20,24 +19,18 @@ from typing import Any
 import dask
 from threadpoolctl import threadpool_limits
 
+from daskdict.io.resources import n_cores
+
 # Names of the schedulers that run in this process, without a cluster.
 IN_PROCESS = ("threads", "sync")
-
-
-def n_cores() -> int:
-    """Cores this process may use (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 def release_memory() -> None:
     """Hand freed heap memory back to the operating system (glibc only; elsewhere a no-op).
 
     A long task allocates and frees a chunk's buffers over and over from worker threads, whose
-    glibc arenas keep the freed pages: without this the resident memory of a worker crept up
-    with the number of chunks it had read, i.e. with N.
+    glibc arenas keep the freed pages: otherwise a worker's resident memory grows with the
+    number of chunks it reads, i.e. with N.
     """
     global _malloc_trim
     if _malloc_trim is None:
@@ -113,13 +106,13 @@ class Runtime:
 
 
 def local_cluster(n_workers: int | None = None, memory_limit: str | int | None = "auto",
-                  quiet: bool = True, threads_per_worker: int = 1):
+                  verbose: bool = False, threads_per_worker: int = 1):
     """A LocalCluster as daskdict uses it: by default one single-threaded worker process per
     core (``daskdict.fit`` asks for one process with a thread per core instead).
 
-    Services bind to localhost only; the dashboard takes a free port. ``quiet`` silences the
-    workers' logs: a bad-input error raised in a task reaches the caller as one clear
-    exception, and the workers need not also log its traceback.
+    Services bind to localhost only; the dashboard takes a free port. Unless ``verbose``, the
+    workers log errors only (not their warnings). Their logs of daskdict's own errors are
+    dropped when daskdict computes on the cluster (:mod:`daskdict.compute.logs`).
     """
     from distributed import LocalCluster
 
@@ -127,7 +120,7 @@ def local_cluster(n_workers: int | None = None, memory_limit: str | int | None =
                         processes=True,
                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
                         memory_limit=memory_limit,
-                        silence_logs=logging.ERROR if quiet else logging.WARNING)
+                        silence_logs=logging.WARNING if verbose else logging.ERROR)
 
 
 def _is_cluster(value: Any) -> bool:
@@ -166,15 +159,18 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
             raise ValueError(
                 f"Expected client to be a distributed.Client, a Dask cluster, 'local', "
                 f"'threads' or 'sync'. Got {client!r}. (For an HPC cluster, pass "
-                f"daskdict.compute.clusters({client!r}, jobs=...).)"
+                f"daskdict.cluster({client!r}, jobs=...).)"
             )
         client = started = local_cluster(n_workers, memory_limit,
                                          threads_per_worker=threads_per_worker)
     if _is_cluster(client):
         from distributed import Client
 
+        from daskdict.compute.logs import quiet_workers
+
         connected = Client(client)
         try:
+            quiet_workers(connected)
             if verbose:
                 workers = Runtime(client=connected).workers()
                 print(f"daskdict: {type(client).__name__} with {len(workers)} worker(s), "
@@ -186,6 +182,9 @@ def runtime(client: Any = None, *, in_memory: bool = False, verbose: bool = True
             if started is not None:
                 started.close()
         return
+    from daskdict.compute.logs import quiet_workers
+
+    quiet_workers(client)
     if verbose:
         print(f"daskdict: using {client.dashboard_link}", file=sys.stderr)
     yield Runtime(client=client)

@@ -1,5 +1,11 @@
-"""Planted data with a known answer: dictionaries, captions and stores for tests and demos."""
+"""Data with a known answer: planted dictionaries, captions and stores for tests and demos, and
+a real human-annotated caption corpus (Debian's package index)."""
 
+from daskdict.datasets.debian import (
+    PackageCorpus,
+    debian_packages_from_apt,
+    load_debian_packages,
+)
 from daskdict.datasets.planted import (
     Planted,
     concept_names,
@@ -13,8 +19,11 @@ from daskdict.datasets.planted import (
 )
 
 __all__ = [
+    "PackageCorpus",
     "Planted",
     "concept_names",
+    "debian_packages_from_apt",
+    "load_debian_packages",
     "make_planted",
     "planted_atoms",
     "planted_captions",

@@ -7,14 +7,22 @@ recovers; it is what ``daskdict demo`` and the benchmarks use.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import dask
 import dask.array as da
 import numpy as np
+import zarr
 
 from daskdict.errors import InvalidInputError
-from daskdict.io.store import EmbeddingStore, create_store, default_chunk_rows
+from daskdict.io import formats
+from daskdict.io.reads import default_chunk_rows
+from daskdict.io.store import EmbeddingStore, create_store, open_store, write_vector
+
+# the words of a text that the planted text encoder looks up: runs of letters, digits and
+# underscores (every concept name is such a run of lower-case letters)
+_WORDS = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -130,8 +138,6 @@ def write_planted_store(path: str | os.PathLike, n_samples: int, n_features: int
                              chunk_rows=rows, overwrite=overwrite,
                              attrs={"planted": {"n_atoms": n_atoms, "n_nonzero": n_nonzero,
                                                 "snr_db": snr_db}})
-    import zarr
-
     group = zarr.open_group(path, mode="r+")
     group.create_array("planted/atoms", data=atoms.astype(np.float32))
     return store, atoms
@@ -256,10 +262,6 @@ def write_named_planted_store(path: str | os.PathLike, n_samples: int, n_feature
     atoms : ndarray of shape (n_atoms, n_features)
     names : list of str of length n_atoms
     """
-    import zarr
-
-    from daskdict.io.store import _write_vector, open_store
-
     _, atoms = write_planted_store(path, n_samples, n_features, n_atoms, n_nonzero, snr_db,
                                    random_state=random_state, chunk_rows=chunk_rows,
                                    overwrite=overwrite, scheduler=scheduler)
@@ -272,12 +274,11 @@ def write_named_planted_store(path: str | os.PathLike, n_samples: int, n_feature
     names = concept_names(n_atoms, rng)
     captions = planted_captions(indices, values, names, random_state=rng, **caption_options)
     group = zarr.open_group(path, mode="r+")
-    _write_vector(group, "items/caption", np.asarray(captions, dtype=str))
+    write_vector(group, "items/caption", np.asarray(captions, dtype=str))
     group.create_array("planted/indices", data=indices)
     group.create_array("planted/values", data=values)
-    meta = dict(group.attrs["daskdict"])
-    meta["planted"] = {**meta.get("planted", {}), "names": names}
-    group.attrs["daskdict"] = meta
+    planted = dict(group.attrs[formats.HEADER_KEY].get("planted", {}))
+    formats.update_header(group, planted={**planted, "names": names})
     return open_store(path), atoms, names
 
 
@@ -299,15 +300,11 @@ def planted_text_encoder(store_or_atoms, names: list[str] | None = None):
     callable
         ``encode(texts) -> ndarray of shape (len(texts), n_features)``.
     """
-    from daskdict.explanations.keywords import TOKEN_PATTERN
-
     if isinstance(store_or_atoms, np.ndarray):
         atoms = store_or_atoms
         if names is None:
             raise InvalidInputError("planted_text_encoder needs names= with an atoms array.")
     else:
-        from daskdict.io.store import open_store
-
         store = (store_or_atoms if isinstance(store_or_atoms, EmbeddingStore)
                  else open_store(store_or_atoms))
         if "planted/atoms" not in store.group:
@@ -317,15 +314,12 @@ def planted_text_encoder(store_or_atoms, names: list[str] | None = None):
         if not names:
             raise InvalidInputError(f"{store.path} has no concept names; write it with "
                                     "write_named_planted_store.")
-    import re
-
     position = {name: i for i, name in enumerate(names)}
-    pattern = re.compile(TOKEN_PATTERN)
 
     def encode(texts) -> np.ndarray:
         out = np.zeros((len(texts), atoms.shape[1]), dtype=np.float32)
         for row, text in enumerate(texts):
-            hits = {position[w] for w in pattern.findall(str(text).lower()) if w in position}
+            hits = {position[w] for w in _WORDS.findall(str(text).lower()) if w in position}
             if hits:
                 out[row] = atoms[sorted(hits)].sum(axis=0)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -346,8 +340,6 @@ def planted_images(store, size: int = 32):
     callable
         ``row -> ndarray of shape (size, size, 3), uint8``.
     """
-    from daskdict.io.store import open_store
-
     store = store if isinstance(store, EmbeddingStore) else open_store(store)
     if "planted/indices" not in store.group:
         raise InvalidInputError(f"{store.path} holds no planted codes (planted/indices).")

@@ -1,4 +1,5 @@
-"""Embedding stores from images and a vision transformer (needs the ``embed`` extra to run)."""
+"""Embedding stores from images and a vision transformer, or texts and a text encoder (needs
+the ``embed`` extra to run)."""
 
 from daskdict.embedding.run import embed
 

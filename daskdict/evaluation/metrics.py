@@ -1,7 +1,8 @@
 """Metrics of a dictionary (reconstruction, sparsity, coherence, recovery of a planted one), and
 the auto-interpretability of its explanations.
 
-Auto-interpretability of explanations (seed 000 §3.3 and §4.2) with CLIPScore.
+Auto-interpretability of explanations with CLIPScore, as in "Disentangling Concepts and
+Constructing Human-Compatible Explanations for Image Embeddings" (Valentin et al.).
 
 Each image is captioned from its concepts: ``"A photo containing"`` followed by a markdown
 bullet list of the first theme of each active concept (strongest first). That caption, the
@@ -23,17 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from daskdict.embedding.items import to_rgb
 from daskdict.errors import InvalidInputError
+from daskdict.learn.coding import unit_rows
 
 # The K-SVD paper's criterion: a planted atom counts as recovered when a learned atom has
 # 1 - |d_i . d_j| below this.
 RECOVERY_THRESHOLD = 0.01
-
-
-def _unit_rows(rows, dtype=np.float64) -> np.ndarray:
-    rows = np.asarray(rows, dtype=dtype)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
 
 
 def recovered_fraction(true_atoms, learned_atoms,
@@ -45,13 +42,13 @@ def recovered_fraction(true_atoms, learned_atoms,
     true_atoms : array of shape (n_true, n_features)
     learned_atoms : array of shape (n_learned, n_features)
     """
-    sim = np.abs(_unit_rows(true_atoms) @ _unit_rows(learned_atoms).T)
+    sim = np.abs(unit_rows(true_atoms) @ unit_rows(learned_atoms).T)
     return float(np.mean(1.0 - sim.max(axis=1) < threshold))
 
 
 def align_atoms(true_atoms, learned_atoms) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian alignment maximising |cosine|: (learned index per true atom, |cosine|)."""
-    sim = np.abs(_unit_rows(true_atoms) @ _unit_rows(learned_atoms).T)
+    sim = np.abs(unit_rows(true_atoms) @ unit_rows(learned_atoms).T)
     rows, cols = linear_sum_assignment(-sim)
     match = np.full(sim.shape[0], -1)
     match[rows] = cols
@@ -75,7 +72,7 @@ def support_scores(true_indices, learned_indices, match) -> tuple[float, float]:
 
 def max_coherence(atoms) -> float:
     """Largest |d_i . d_j| over distinct atoms."""
-    unit = _unit_rows(atoms)
+    unit = unit_rows(atoms)
     gram = np.abs(unit @ unit.T)
     np.fill_diagonal(gram, 0.0)
     return float(gram.max())
@@ -96,7 +93,7 @@ def reconstruction_metrics(data, reconstruction) -> dict:
     }
 
 
-# ----------------------------------------------------------- auto-interpretability (seed 000 §3.3)
+# ---------------------------------------------------------------------- auto-interpretability
 
 PREFIX = "A photo containing"
 LOREM_IPSUM = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
@@ -110,7 +107,7 @@ def concept_caption(themes: Sequence[str]) -> str:
 
 
 def concept_captions(codes, explanations) -> list[str]:
-    """The seed's caption of every item: first themes of its active concepts, strongest first.
+    """The concept caption of every item: first themes of its active concepts, strongest first.
 
     Parameters
     ----------
@@ -176,18 +173,16 @@ class CLIP:
             with torch.no_grad():
                 output = model.get_text_features(**batch.to(self.device))
             parts.append(_features(output))
-        return (_unit_rows(np.concatenate(parts), np.float32) if parts
+        return (unit_rows(np.concatenate(parts), np.float32) if parts
                 else np.zeros((0, 0), np.float32))
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """Unit-norm image embeddings, shape (n_images, projection_dim).
 
-        ``images``: anything :func:`daskdict._images.to_rgb` reads (PIL images, paths, file
+        ``images``: anything :func:`daskdict.embedding.items.to_rgb` reads (PIL images, paths, file
         bytes, uint8 or [0, 1] float arrays).
         """
         import torch
-
-        from daskdict.embedding.items import to_rgb
 
         model, _, processor = self._load()
         parts = []
@@ -197,7 +192,7 @@ class CLIP:
             with torch.no_grad():
                 output = model.get_image_features(pixel_values=pixels.to(self.device))
             parts.append(_features(output))
-        return (_unit_rows(np.concatenate(parts), np.float32) if parts
+        return (unit_rows(np.concatenate(parts), np.float32) if parts
                 else np.zeros((0, 0), np.float32))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
@@ -288,7 +283,7 @@ def autointerp_scores(codes, explanations, true_captions: Sequence[str], *, clip
         if len(images) != n_images:
             raise InvalidInputError(f"Expected {n_images} images. Got {len(images)}.")
         image_embeddings = clip.encode_images(images)
-    image_embeddings = _unit_rows(np.asarray(image_embeddings), np.float32)
+    image_embeddings = unit_rows(np.asarray(image_embeddings), np.float32)
     encode = text_encoder or (clip.encode_texts if clip is not None else None)
     if encode is None:
         raise InvalidInputError("autointerp_scores needs clip= or text_encoder= for texts.")
@@ -296,7 +291,7 @@ def autointerp_scores(codes, explanations, true_captions: Sequence[str], *, clip
              "lorem": [LOREM_IPSUM]}
     cosine = {}
     for kind, batch in texts.items():
-        embedded = _unit_rows(np.asarray(encode(batch)), np.float32)
+        embedded = unit_rows(np.asarray(encode(batch)), np.float32)
         if embedded.shape[1] != image_embeddings.shape[1]:
             raise InvalidInputError(
                 f"Text embeddings have {embedded.shape[1]} features, image embeddings "
@@ -319,13 +314,13 @@ def reference_scores(generated: Sequence[str], true_captions: Sequence[str],
     if len(generated) != len(true_captions):
         raise InvalidInputError(f"Expected as many true captions as generated ones "
                                 f"({len(generated)}). Got {len(true_captions)}.")
-    left = _unit_rows(np.asarray(text_encoder(list(generated))), np.float32)
-    right = _unit_rows(np.asarray(text_encoder([str(c) for c in true_captions])), np.float32)
+    left = unit_rows(np.asarray(text_encoder(list(generated))), np.float32)
+    right = unit_rows(np.asarray(text_encoder([str(c) for c in true_captions])), np.float32)
     return np.einsum("ij,ij->i", left, right).astype(np.float64)
 
 
 def plot_autointerp(scores: AutoInterpScores, ax=None, bins: int = 30):
-    """The seed's Fig. 3: distributions of cos(CLIP(image), CLIP(text)) for the three texts."""
+    """The concept paper's score histogram: cos(CLIP(image), CLIP(text)) of the three texts."""
     import matplotlib
 
     if ax is None:

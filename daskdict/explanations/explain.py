@@ -1,4 +1,9 @@
-"""Explain concepts from the captions of the items that use them (seed 000 §3.2, seed 003).
+"""Explain concepts from the captions of the items that use them.
+
+The methods follow "Disentangling Concepts and Constructing Human-Compatible Explanations for
+Image Embeddings" (Valentin et al.), which summarises the captions of an atom's top items
+with a language model, and FALCON ("Identifying Interpretable Subspaces in Image
+Representations", Kalibhat et al., ICML 2023), which contrasts them with counterfactual items.
 
 ``explain(codes_or_model, store, method=...)`` returns an :class:`Explanations` table, one row per
 atom: how often the atom is used, its top items (largest |coefficient|; an atom's sign is
@@ -12,183 +17,40 @@ Methods
     2008), stop words removed. One sparse product ``support(codes)ᵀ @ counts`` per batch of
     atoms.
 ``"llm"``
-    A language model finds the common themes of the top items' captions (seed 000's system
-    prompt; see :mod:`daskdict._llm`).
+    A language model finds the common themes of the top items' captions (the concept paper's
+    system prompt; see :mod:`daskdict.explanations.llm`).
 ``"falcon"``
-    FALCON's word scores (Kalibhat et al. 2023) over the top-5 corpus captions of the highly
-    activating items, with words that also score on counterfactual lowly activating items
-    removed (see :mod:`daskdict._falcon`).
+    FALCON's word scores over the top-5 corpus captions of the highly activating items, with
+    words that also score on counterfactual lowly activating items removed (see
+    :mod:`daskdict.explanations.falcon`).
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import inspect
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from daskdict.errors import InvalidInputError
+from daskdict.errors import InvalidInputError, StoreNotFoundError
 from daskdict.explanations import keywords as _text
+from daskdict.explanations.falcon import TEXT_EMBEDDINGS_HINT, falcon_rows
+from daskdict.explanations.llm import summarize_rows
+from daskdict.explanations.table import COLUMNS, Explanations
+from daskdict.io import formats
+from daskdict.io.atomic import readable_path
+from daskdict.io.store import EmbeddingStore, open_store
+from daskdict.learn.coding import unit_rows
+from daskdict.learn.dictionary import Codes, Dictionary
+from daskdict.validation import check_choice, check_positive_int
+
+__all__ = ["COLUMNS", "METHODS", "CodeTable", "Explanations", "explain",
+           "explanation_accuracy"]
 
 METHODS = ("keywords", "llm", "falcon")
-COLUMNS = ("atom", "n_active", "frequency", "top_items", "top_rows", "top_captions", "themes",
-           "theme_scores", "summary", "score", "status")
-_LIST_COLUMNS = ("atom", "top_items", "top_rows", "top_captions", "themes", "theme_scores")
-
-
-class Explanations:
-    """Per-atom explanations: a small table with one row per atom (or group of atoms).
-
-    Columns
-    -------
-    atom : int (or list of int for a group of atoms)
-    n_active : int, items whose code uses the atom
-    frequency : float, ``n_active / n_items``
-    top_items : list, ids of the items with the largest |coefficient|
-    top_rows : list of int, their row numbers in the store
-    top_captions : list of str, their captions
-    themes : list of str, best first
-    theme_scores : list of float, the method's score of each theme
-    summary : str
-    score : float, the first theme's score (NaN without one)
-    status : str, ``"ok"``, ``"inactive"``, ``"no captions"`` or ``"error: …"``
-
-    Parameters
-    ----------
-    rows : list of dict
-        One dict per atom with the columns above.
-    meta : dict, optional
-        How they were made (method, parameters, n_items).
-    """
-
-    def __init__(self, rows: list[dict], meta: dict | None = None):
-        self.rows = [dict(row) for row in rows]
-        self.meta = dict(meta or {})
-        self._by_atom = {_atom_key(row["atom"]): i for i, row in enumerate(self.rows)}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __repr__(self) -> str:
-        ok = sum(row["status"] == "ok" for row in self.rows)
-        return (f"Explanations(n_atoms={len(self)}, method={self.meta.get('method')!r}, "
-                f"explained={ok})")
-
-    def __getitem__(self, atom) -> dict:
-        """The row of one atom (an int) or group (a list of ints)."""
-        key = _atom_key(atom)
-        if key not in self._by_atom:
-            raise KeyError(f"No explanation for atom {atom!r}.")
-        return self.rows[self._by_atom[key]]
-
-    @property
-    def atoms(self) -> list:
-        return [row["atom"] for row in self.rows]
-
-    def first_themes(self) -> dict:
-        """``{atom: first theme or ""}``, what the auto-interpretability captions use."""
-        return {_atom_key(row["atom"]): (row["themes"][0] if row["themes"] else "")
-                for row in self.rows}
-
-    def to_dict(self) -> dict:
-        return {"daskdict": {"kind": "explanations", "format": 1, **self.meta},
-                "rows": self.rows}
-
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write the table as JSON (the metadata and one object per row)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
-        return path
-
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write the table as CSV; list columns are JSON-encoded cells.
-
-        Columns a method adds to the standard ones (FALCON's ``removed_words``, ``n_high``,
-        ``n_low``) follow them, every cell JSON-encoded (empty where a row lacks it).
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        extra = [key for key in dict.fromkeys(k for row in self.rows for k in row)
-                 if key not in COLUMNS]
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, *extra])
-            writer.writeheader()
-            for row in self.rows:
-                cells = {key: (json.dumps(row.get(key), default=_json_default)
-                               if key in _LIST_COLUMNS else row.get(key)) for key in COLUMNS}
-                cells.update({key: json.dumps(row[key], default=_json_default)
-                              for key in extra if key in row})
-                writer.writerow(cells)
-        return path
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write as JSON or CSV, by the file's suffix."""
-        return self.to_csv(path) if str(path).endswith(".csv") else self.to_json(path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Explanations:
-        """Read a table written by :meth:`save` (``.json`` or ``.csv``)."""
-        path = Path(path)
-        if not path.exists():
-            raise InvalidInputError(f"No explanations at {str(path)!r}.")
-        if path.suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = []
-                reader = csv.DictReader(handle)
-                extra = [key for key in reader.fieldnames or () if key not in COLUMNS]
-                for record in reader:
-                    row = {key: json.loads(record[key]) if key in _LIST_COLUMNS
-                           else record[key] for key in COLUMNS}
-                    row["n_active"] = int(row["n_active"])
-                    row["frequency"] = float(row["frequency"])
-                    row["score"] = float(row["score"]) if row["score"] else float("nan")
-                    row.update({key: json.loads(record[key]) for key in extra if record[key]})
-                    rows.append(row)
-            return cls(rows, {"source": str(path)})
-        payload = json.loads(path.read_text())
-        meta = dict(payload.get("daskdict", {}))
-        if meta.get("kind") != "explanations":
-            raise InvalidInputError(f"Expected {str(path)!r} to hold daskdict explanations. "
-                                    f"Got kind={meta.get('kind')!r}.")
-        meta.pop("kind", None)
-        meta.pop("format", None)
-        return cls(payload["rows"], meta)
-
-    def to_dataframe(self):
-        """The table as a pandas DataFrame (pandas is imported only here)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("Explanations.to_dataframe needs pandas: pip install pandas"
-                              ) from exc
-        extra = [key for key in dict.fromkeys(k for row in self.rows for k in row)
-                 if key not in COLUMNS]  # e.g. FALCON's removed_words, n_high, n_low
-        return pd.DataFrame(self.rows, columns=[*COLUMNS, *extra])
-
-
-def _atom_key(atom):
-    if isinstance(atom, list | tuple | np.ndarray):
-        return tuple(int(a) for a in atom)
-    return int(atom)
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"Cannot write {type(value).__name__} as JSON.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,21 +98,18 @@ class CodeTable:
         return columns
 
 
-def as_codes(codes_or_model, store, *, layer: str | None = None, client: Any = "threads"):
+def as_codes(codes_or_model, store, *, layer: str | None = None,
+             client: Any = "threads") -> CodeTable:
     """Codes in memory from Codes, a codes path, a Dictionary (encodes the store), or arrays."""
-    from daskdict.learn.dictionary import Codes, Dictionary
-
     if isinstance(codes_or_model, str | os.PathLike):
         codes_or_model = _load_codes_or_model(codes_or_model)
     if isinstance(codes_or_model, Dictionary):
-        if store is None or not isinstance(store, str | os.PathLike | _store_type()):
+        if store is None or not isinstance(store, str | os.PathLike | EmbeddingStore):
             raise InvalidInputError("Explaining a Dictionary encodes the store: pass the "
                                     "store (a path or EmbeddingStore), not captions alone.")
-        from daskdict.io.store import open_store
-
         # the opened group, not its path: encode writes codes beside a path it is given, and
         # explaining should leave no files behind
-        group = (store if isinstance(store, _store_type()) else open_store(store)).group
+        group = (store if isinstance(store, EmbeddingStore) else open_store(store)).group
         atoms = codes_or_model.atoms
         codes_or_model = codes_or_model.encode(group, layer=layer, client=client)
     else:
@@ -265,22 +124,12 @@ def as_codes(codes_or_model, store, *, layer: str | None = None, client: Any = "
         f"{type(codes_or_model).__name__}.")
 
 
-def _store_type():
-    from daskdict.io.store import EmbeddingStore
-
-    return EmbeddingStore
-
-
-def _load_codes_or_model(path):
-    import zarr
-
-    from daskdict.io.store import StoreNotFoundError, recover_replaced
-    from daskdict.learn.dictionary import Codes, Dictionary
-
-    path = recover_replaced(path)  # a save that crashed between its two renames
+def _load_codes_or_model(path) -> Codes | Dictionary:
+    # a read: the folder a crashed save left is read where it lies, nothing is moved
+    path = readable_path(path)
     if not path.exists():
         raise StoreNotFoundError(f"Nothing at {str(path)!r}: the path does not exist.")
-    kind = dict(zarr.open_group(path, mode="r").attrs.get("daskdict", {})).get("kind")
+    kind = formats.kind_of(path)
     if kind == "codes":
         return Codes.load(path)
     if kind == "dictionary":
@@ -291,11 +140,9 @@ def _load_codes_or_model(path):
 
 def store_items(store, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, captions) of a store, a path to one, or a sequence of captions."""
-    from daskdict.io.store import open_store
-
     if isinstance(store, str | os.PathLike):
         store = open_store(store)
-    if isinstance(store, _store_type()):
+    if isinstance(store, EmbeddingStore):
         captions = store.captions
         if captions is None:
             raise InvalidInputError(
@@ -346,16 +193,16 @@ def explain(codes_or_model, store, method: str = "keywords", top_n: int = 5, *,
         :class:`daskdict.OpenAIChat` or :class:`daskdict.LocalLM`), ``system_prompt``,
         ``n_captions`` (n_top_items), ``cache`` (JSON path), ``max_workers`` (4),
         ``timeout`` (120 s), ``n_retries`` (2).
-        falcon: see :func:`daskdict._falcon.falcon_explain`.
+        falcon: see :func:`daskdict.explanations.falcon.falcon_rows`.
 
     Returns
     -------
     Explanations
     """
-    if method not in METHODS:
-        raise InvalidInputError(f"Expected method in {METHODS}. Got {method!r}.")
-    top_n = _text.check_top_n(top_n)
-    n_top_items = _text.check_top_n(n_top_items)
+    check_choice("method", method, METHODS)
+    top_n = check_positive_int("top_n", top_n)
+    n_top_items = check_positive_int("n_top_items", n_top_items)
+    _check_options(method, options)
     table = as_codes(codes_or_model, store, layer=layer, client=client)
     ids, captions = store_items(store, table.n_items)
     top_rows = table.top_rows(n_top_items)
@@ -371,20 +218,57 @@ def explain(codes_or_model, store, method: str = "keywords", top_n: int = 5, *,
             "themes": [], "theme_scores": [], "summary": "", "score": float("nan"),
             "status": "ok" if table.n_active[atom] else "inactive"})
     meta = {"method": method, "top_n": top_n, "n_items": table.n_items,
-            "n_atoms": table.n_atoms}
+            "n_atoms": table.n_atoms, **_sources(codes_or_model, store)}
     if method == "keywords":
         _keywords(table, captions, rows, top_n, meta, **options)
     elif method == "llm":
-        from daskdict.explanations.llm import summarize_rows
-
         summarize_rows(rows, top_n=top_n, meta=meta, **options)
     else:
-        from daskdict.explanations.falcon import falcon_rows
-
         groups = options.pop("groups", None)
         rows = falcon_rows(table, captions, rows, top_n, meta, store=store, layer=layer,
                            groups=groups, **options)
     return Explanations(rows, meta)
+
+
+# counts among the methods' options, and the least value each may take
+_COUNTS = {"min_count": 1, "batch_size": 1, "max_workers": 1, "n_retries": 0,
+           "n_captions_per_image": 1, "encode_batch": 1}
+_OPTIONAL_COUNTS = {"n_captions": 1, "max_images": 1, "n_low_words": 0}
+
+
+def _check_options(method: str, options: dict) -> None:
+    """Refuse an unknown or bad option of ``method`` before any work (encoding) starts."""
+    target = {"keywords": _keywords, "llm": summarize_rows, "falcon": falcon_rows}[method]
+    known = {name for name, p in inspect.signature(target).parameters.items()
+             if p.kind is p.KEYWORD_ONLY} - {"top_n", "meta", "store", "layer"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidInputError(f"Unknown option(s) {unknown} of method={method!r}; it takes "
+                                f"{sorted(known)}.")
+    for name, minimum in _COUNTS.items():
+        if name in options:
+            check_positive_int(name, options[name], minimum=minimum)
+    for name, minimum in _OPTIONAL_COUNTS.items():
+        check_positive_int(name, options.get(name), optional=True, minimum=minimum)
+    if method == "llm" and not callable(options.get("summarizer")):
+        raise InvalidInputError(
+            "method='llm' needs summarizer=: a callable (system, user) -> str such as "
+            "daskdict.OpenAIChat(base_url, model) or daskdict.LocalLM(path).")
+    if method == "falcon" and options.get("corpus_embeddings") is None and options.get(
+            "text_encoder") is None:
+        raise InvalidInputError(TEXT_EMBEDDINGS_HINT)
+
+
+def _sources(codes_or_model, store) -> dict:
+    """The paths the explanations are made from, by role: no output of them may be one."""
+    sources = {}
+    if isinstance(codes_or_model, str | os.PathLike):
+        sources["codes"] = str(codes_or_model)
+    if isinstance(store, EmbeddingStore):
+        sources["store"] = str(store.path)
+    elif isinstance(store, str | os.PathLike):
+        sources["store"] = str(store)
+    return sources
 
 
 def _plain(value):
@@ -447,9 +331,7 @@ def explanation_accuracy(explanations: Explanations, true_atoms: np.ndarray,
         ``n_recovered``, ``n_correct``, ``accuracy`` and ``mistakes`` (planted name, learned
         atom, its first theme).
     """
-    from daskdict.evaluation.metrics import _unit_rows
-
-    similarity = np.abs(_unit_rows(true_atoms) @ _unit_rows(learned_atoms).T)
+    similarity = np.abs(unit_rows(true_atoms) @ unit_rows(learned_atoms).T)
     best = similarity.argmax(axis=1)
     recovered = 1.0 - similarity[np.arange(len(best)), best] < threshold
     first = explanations.first_themes()

@@ -1,4 +1,7 @@
-"""FALCON explanations (Kalibhat et al., ICML 2023; seed 003), for atoms and groups of atoms.
+"""FALCON explanations, for atoms and groups of atoms.
+
+FALCON is the method of "Identifying Interpretable Subspaces in Image Representations",
+Kalibhat et al. (ICML 2023).
 
 For atom ``i`` (activation ``h_ji = |x_ji|``, the code's magnitude):
 
@@ -13,7 +16,7 @@ For atom ``i`` (activation ``h_ji = |x_ji|``, the code's magnitude):
 
 Image embeddings default to the store's layer (a CLIP store's ``final`` layer is CLIP's image
 embedding); caption embeddings come from ``corpus_embeddings=`` or ``text_encoder=`` (e.g.
-:func:`daskdict.evaluate.clip_text_encoder` or, on planted data,
+:func:`daskdict.evaluation.metrics.clip_text_encoder` or, on planted data,
 :func:`daskdict.datasets.planted_text_encoder`).
 """
 
@@ -25,8 +28,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from daskdict.errors import InvalidInputError
-from daskdict.evaluation.metrics import _unit_rows
 from daskdict.explanations import keywords as _text
+from daskdict.io.store import EmbeddingStore, open_store
+from daskdict.learn.coding import unit_rows
+
+TEXT_EMBEDDINGS_HINT = (
+    "method='falcon' ranks corpus captions by CLIP confidence: pass corpus_embeddings= "
+    "(n_corpus x d) or text_encoder= (texts -> embeddings), e.g. "
+    "daskdict.evaluation.clip_text_encoder('openai/clip-vit-base-patch32') or "
+    "daskdict.datasets.planted_text_encoder(store).")
 
 
 def word_scores(confidence: np.ndarray, caption_rows: np.ndarray,
@@ -109,89 +119,112 @@ def falcon_rows(table, captions, rows: list[dict], top_n: int, meta: dict, *, st
     n_low_words = top_n if n_low_words is None else int(n_low_words)
     own_captions = corpus is None
     corpus = np.asarray(captions if corpus is None else list(corpus), dtype=object)
-    if corpus_embeddings is None:
-        if text_encoder is None:
-            raise InvalidInputError(
-                "method='falcon' ranks corpus captions by CLIP confidence: pass "
-                "corpus_embeddings= (n_corpus x d) or text_encoder= (texts -> embeddings), "
-                "e.g. daskdict.evaluate.clip_text_encoder('openai/clip-vit-base-patch32')"
-                " or daskdict.datasets.planted_text_encoder(store).")
-        corpus_embeddings = np.concatenate(
-            [np.asarray(text_encoder(list(corpus[start:start + encode_batch])))
-             for start in range(0, len(corpus), encode_batch)])
-    corpus_embeddings = _unit_rows(corpus_embeddings, np.float32)
-    if corpus_embeddings.shape[0] != len(corpus):
-        raise InvalidInputError(f"Expected {len(corpus)} corpus embeddings (one per caption). "
-                                f"Got {corpus_embeddings.shape[0]}.")
+    corpus_embeddings = _corpus_embeddings(corpus, corpus_embeddings, text_encoder,
+                                           encode_batch)
     images = _image_source(image_embeddings, store, layer, table.n_items)
     if images.shape[1] != corpus_embeddings.shape[1]:
         raise InvalidInputError(
             f"Image embeddings have {images.shape[1]} features, caption embeddings "
             f"{corpus_embeddings.shape[1]}: they must come from one model (e.g. CLIP).")
+    rows, groups = _rows_and_groups(table, captions, rows, groups)
     counts, terms = _text.caption_counts(list(corpus), min_count=1)
-    words = (counts > 0).astype(np.float64).tocsr()
     meta.update(alpha=alpha, epsilon=epsilon, beta=beta, max_images=max_images,
                 n_captions_per_image=n_captions_per_image, n_low_words=n_low_words,
                 corpus_size=len(corpus))
-
-    if groups is not None:
-        groups = [sorted({int(a) for a in group}) for group in groups]
-        for group in groups:
-            if not group or min(group) < 0 or max(group) >= table.n_atoms:
-                raise InvalidInputError(f"Expected groups of atoms in [0, {table.n_atoms}). "
-                                        f"Got {group}.")
-        rows = [_group_row(table, captions, group) for group in groups]
-    else:
-        groups = [[row["atom"]] for row in rows]
-
     high_sets, low_sets = _high_and_low_sets(table, groups, alpha, epsilon, beta, max_images)
     needed = np.unique(np.concatenate([*high_sets, *low_sets, np.zeros(0, dtype=np.int64)]))
-    position = {int(r): i for i, r in enumerate(needed)}
-
-    raw = _read_rows(images, needed).astype(np.float32)
-
-    def score(item_rows: np.ndarray) -> np.ndarray:
-        if item_rows.size == 0:
-            return np.zeros(len(terms))
-        image_block = _unit_rows(raw[[position[int(r)] for r in item_rows]], np.float32)
-        confidence = image_block @ corpus_embeddings.T  # (n_images, n_corpus)
-        if sign_invariant:
-            confidence = np.abs(confidence)
-        if own_captions:
-            confidence[np.arange(item_rows.size), item_rows] = -np.inf
-        k = min(n_captions_per_image, confidence.shape[1])
-        top = np.argpartition(-confidence, k - 1, axis=1)[:, :k]
-        top_confidence = np.take_along_axis(confidence, top, axis=1)
-        top_confidence[~np.isfinite(top_confidence)] = 0.0
-        return word_scores(top_confidence, top, words)
-
+    scorer = _WordScorer(_read_rows(images, needed).astype(np.float32), needed,
+                         corpus_embeddings, (counts > 0).astype(np.float64).tocsr(),
+                         n_captions_per_image, sign_invariant, own_captions)
     for row, high, low in zip(rows, high_sets, low_sets, strict=True):
         if row["status"] != "ok" or high.size == 0:
             if row["status"] == "ok":
                 row["status"] = "no items above alpha"
             continue
-        high_scores = score(high)
-        low_scores = score(low)
-        low_top = np.argsort(-low_scores, kind="stable")[:n_low_words]
-        spurious = set(low_top[low_scores[low_top] > 0].tolist())
-        spurious |= set(np.flatnonzero((high_scores > 0)
-                                       & (low_scores >= contrast * high_scores)).tolist())
-        # by word score; ties go to the word scoring less on the low set
-        ranking = np.lexsort((low_scores, -high_scores))
-        order = [c for c in ranking[:4 * top_n + len(spurious)]
-                 if high_scores[c] > 0 and c not in spurious]
-        columns = np.array([order[:2 * top_n]], dtype=np.int64)
-        values = high_scores[columns].astype(np.float64) if columns.size else np.zeros((1, 0))
-        columns, values = _text.prefer_words(columns, values, terms)
-        keep = columns[0] >= 0
-        row["themes"] = [str(terms[c]) for c in columns[0][keep][:top_n]]
-        row["theme_scores"] = [round(float(v), 4) for v in values[0][keep][:top_n]]
-        row["score"] = row["theme_scores"][0] if row["themes"] else float("nan")
-        row["summary"] = ", ".join(row["themes"])
-        row["removed_words"] = sorted(str(terms[c]) for c in spurious
-                                      if high_scores[c] > 0)[:50]
+        _fill_row(row, scorer(high), scorer(low), terms, top_n, n_low_words, contrast)
         row["n_high"], row["n_low"] = int(high.size), int(low.size)
     return rows
+
+
+def _corpus_embeddings(corpus: np.ndarray, corpus_embeddings, text_encoder,
+                       encode_batch: int) -> np.ndarray:
+    """The corpus captions' embeddings, given or encoded, as float32 unit rows."""
+    if corpus_embeddings is None:
+        if text_encoder is None:
+            raise InvalidInputError(TEXT_EMBEDDINGS_HINT)
+        corpus_embeddings = np.concatenate(
+            [np.asarray(text_encoder(list(corpus[start:start + encode_batch])))
+             for start in range(0, len(corpus), encode_batch)])
+    corpus_embeddings = unit_rows(corpus_embeddings, np.float32)
+    if corpus_embeddings.shape[0] != len(corpus):
+        raise InvalidInputError(f"Expected {len(corpus)} corpus embeddings (one per caption). "
+                                f"Got {corpus_embeddings.shape[0]}.")
+    return corpus_embeddings
+
+
+def _rows_and_groups(table, captions, rows: list[dict], groups):
+    """The rows to fill and the atoms of each: one per atom, or one per given group."""
+    if groups is None:
+        return rows, [[row["atom"]] for row in rows]
+    groups = [sorted({int(a) for a in group}) for group in groups]
+    for group in groups:
+        if not group or min(group) < 0 or max(group) >= table.n_atoms:
+            raise InvalidInputError(f"Expected groups of atoms in [0, {table.n_atoms}). "
+                                    f"Got {group}.")
+    return [_group_row(table, captions, group) for group in groups], groups
+
+
+class _WordScorer:
+    """Word scores of a set of items: their top corpus captions by CLIP confidence, Eq. 1."""
+
+    def __init__(self, raw: np.ndarray, rows: np.ndarray, corpus_embeddings: np.ndarray,
+                 words: sp.csr_matrix, n_per_image: int, sign_invariant: bool,
+                 own_captions: bool):
+        self.raw = raw  # the image embeddings of ``rows``
+        self.position = {int(r): i for i, r in enumerate(rows)}
+        self.corpus_embeddings = corpus_embeddings
+        self.words = words
+        self.n_per_image = n_per_image
+        self.sign_invariant = sign_invariant
+        self.own_captions = own_captions
+
+    def __call__(self, item_rows: np.ndarray) -> np.ndarray:
+        if item_rows.size == 0:
+            return np.zeros(self.words.shape[1])
+        image_block = unit_rows(self.raw[[self.position[int(r)] for r in item_rows]],
+                                np.float32)
+        confidence = image_block @ self.corpus_embeddings.T  # (n_images, n_corpus)
+        if self.sign_invariant:
+            confidence = np.abs(confidence)
+        if self.own_captions:
+            confidence[np.arange(item_rows.size), item_rows] = -np.inf
+        k = min(self.n_per_image, confidence.shape[1])
+        top = np.argpartition(-confidence, k - 1, axis=1)[:, :k]
+        top_confidence = np.take_along_axis(confidence, top, axis=1)
+        top_confidence[~np.isfinite(top_confidence)] = 0.0
+        return word_scores(top_confidence, top, self.words)
+
+
+def _fill_row(row: dict, high_scores: np.ndarray, low_scores: np.ndarray, terms: np.ndarray,
+              top_n: int, n_low_words: int, contrast: float) -> None:
+    """Themes of one row: the best words of the high set, minus those of the low set."""
+    low_top = np.argsort(-low_scores, kind="stable")[:n_low_words]
+    spurious = set(low_top[low_scores[low_top] > 0].tolist())
+    spurious |= set(np.flatnonzero((high_scores > 0)
+                                   & (low_scores >= contrast * high_scores)).tolist())
+    # by word score; ties go to the word scoring less on the low set
+    ranking = np.lexsort((low_scores, -high_scores))
+    order = [c for c in ranking[:4 * top_n + len(spurious)]
+             if high_scores[c] > 0 and c not in spurious]
+    columns = np.array([order[:2 * top_n]], dtype=np.int64)
+    values = high_scores[columns].astype(np.float64) if columns.size else np.zeros((1, 0))
+    columns, values = _text.prefer_words(columns, values, terms)
+    keep = columns[0] >= 0
+    row["themes"] = [str(terms[c]) for c in columns[0][keep][:top_n]]
+    row["theme_scores"] = [round(float(v), 4) for v in values[0][keep][:top_n]]
+    row["score"] = row["theme_scores"][0] if row["themes"] else float("nan")
+    row["summary"] = ", ".join(row["themes"])
+    row["removed_words"] = sorted(str(terms[c]) for c in spurious if high_scores[c] > 0)[:50]
 
 
 def _group_row(table, captions, group: list[int]) -> dict:
@@ -238,14 +271,11 @@ def _high_and_low_sets(table, groups, alpha, epsilon, beta, max_images, batch: i
 
 def _image_source(image_embeddings, store, layer, n_items):
     if image_embeddings is None:
-        from daskdict.explanations.explain import _store_type
-        from daskdict.io.store import open_store
-
         if store is None or (isinstance(store, Sequence | np.ndarray) and not isinstance(
                 store, str)):
             raise InvalidInputError("method='falcon' needs image embeddings: pass "
                                     "image_embeddings= or a store with an embedding layer.")
-        store = store if isinstance(store, _store_type()) else open_store(store)
+        store = store if isinstance(store, EmbeddingStore) else open_store(store)
         image_embeddings = store.layer_array(layer)
     if image_embeddings.shape[0] != n_items:
         raise InvalidInputError(f"Expected {n_items} image embeddings (one per coded item). "

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from daskdict.errors import InvalidInputError
+from daskdict.learn.coding import codes_to_csr
 
 # words of two or more letters (digits and underscores allowed after the first letter)
 TOKEN_PATTERN = r"(?u)\b[^\W\d_][\w]+\b"
@@ -53,10 +54,7 @@ def caption_counts(captions: Sequence[str], *, ngram_range: tuple[int, int] = (1
 
 def support_matrix(indices: np.ndarray, values: np.ndarray, n_atoms: int) -> sp.csr_matrix:
     """Binary item-atom matrix of shape (n_items, n_atoms): 1 where an atom is used."""
-    keep = (indices >= 0) & (values != 0)
-    rows = np.broadcast_to(np.arange(indices.shape[0])[:, None], indices.shape)[keep]
-    ones = np.ones(rows.size, dtype=np.float64)
-    matrix = sp.csr_matrix((ones, (rows, indices[keep])), shape=(indices.shape[0], n_atoms))
+    matrix = codes_to_csr(indices, values, n_atoms).astype(np.float64)
     matrix.data[:] = 1.0  # an atom listed twice in one row still counts once
     return matrix
 
@@ -153,8 +151,3 @@ def prefer_words(columns: np.ndarray, values: np.ndarray, terms: np.ndarray
             seen.add(term)
     return columns, values
 
-
-def check_top_n(top_n: int) -> int:
-    if not isinstance(top_n, int | np.integer) or top_n < 1:
-        raise InvalidInputError(f"Expected top_n to be a positive integer. Got {top_n!r}.")
-    return int(top_n)

@@ -1,4 +1,7 @@
-"""Summarise an atom's captions with a language model (seed 000 §3.2 and §4.1).
+"""Summarise an atom's captions with a language model.
+
+The prompt and the answer format are those of "Disentangling Concepts and Constructing
+Human-Compatible Explanations for Image Embeddings" (Valentin et al.).
 
 A *summariser* is any callable ``(system_prompt, user_message) -> str``. Two are built in:
 
@@ -7,7 +10,7 @@ A *summariser* is any callable ``(system_prompt, user_message) -> str``. Two are
 - :class:`LocalLM`: a Hugging Face causal language model from a folder, a hub name, or a GGUF
   file (transformers reads GGUF when the ``gguf`` package is installed; the ``llm`` extra).
 
-:func:`summarize_rows` sends each atom's top captions with the seed's system prompt, parses the
+:func:`summarize_rows` sends each atom's top captions with that paper's system prompt, parses the
 answer as JSON with ``themes`` and ``summary``, validates it, retries malformed answers, caches
 good ones by (summariser, prompt, captions) in a JSON file, and runs atoms in a thread pool with
 a timeout. A failing atom gets ``status="error: …"``; the others are kept.
@@ -29,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from daskdict.errors import InvalidInputError
+from daskdict.io import formats
+from daskdict.validation import check_positive_int
 
-# seed 000, §4.1
+# the system prompt of the concept paper (Valentin et al.), verbatim
 SYSTEM_PROMPT = (
     "This is an IQ test. The task is to find the underlying common themes in a series of image "
     "captions. Find the three to five main themes. Answer only in json format, with the fields "
@@ -251,12 +256,22 @@ class JSONCache:
         self._entries: dict = {}
         self._unsaved = 0
         self._saved_at = time.monotonic()
+        if self.path is not None:
+            formats.check_writable(self.path)
         if self.path and self.path.exists():
+            if not self.path.is_file():
+                raise InvalidInputError(f"The LLM cache {str(self.path)!r} is a folder, not a "
+                                        "JSON file of answers.")
             try:
-                self._entries = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
+                self._entries = json.loads(self.path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InvalidInputError(f"The LLM cache {self.path} is not JSON: {exc}. "
                                         "Delete it to start a new one.") from exc
+            # answers are keyed by hash; a dict with a daskdict header is another object
+            if not isinstance(self._entries, dict) or formats.HEADER_KEY in self._entries:
+                raise InvalidInputError(
+                    f"{str(self.path)!r} is not an LLM cache (a JSON object of answers); it is "
+                    "never written over. Pass another cache path.")
 
     def get(self, key: str):
         with self._lock:
@@ -279,7 +294,7 @@ class JSONCache:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(json.dumps(self._entries, indent=1))
+            tmp.write_text(json.dumps(self._entries, indent=1), encoding="utf-8")
             os.replace(tmp, self.path)
         self._unsaved = 0
         self._saved_at = time.monotonic()
@@ -318,7 +333,7 @@ def summarize_rows(rows: list[dict], *, top_n: int, meta: dict, summarizer=None,
         Rows of :func:`daskdict.explain` (``top_captions`` and ``status`` are read).
     summarizer : callable ``(system, user) -> str``
         E.g. :class:`OpenAIChat` or :class:`LocalLM`.
-    system_prompt : str, default: seed 000's prompt
+    system_prompt : str, default: the concept paper's prompt (:data:`SYSTEM_PROMPT`)
     n_captions : int, optional
         Captions sent per atom (default: all top captions, duplicates removed).
     cache : path, optional
@@ -334,8 +349,8 @@ def summarize_rows(rows: list[dict], *, top_n: int, meta: dict, summarizer=None,
         raise InvalidInputError(
             "method='llm' needs summarizer=: a callable (system, user) -> str such as "
             "daskdict.OpenAIChat(base_url, model) or daskdict.LocalLM(path).")
-    if max_workers < 1:
-        raise InvalidInputError(f"Expected max_workers >= 1. Got {max_workers}.")
+    max_workers = check_positive_int("max_workers", max_workers)
+    n_retries = check_positive_int("n_retries", n_retries, minimum=0)
     name = getattr(summarizer, "name", type(summarizer).__name__)
     meta.update(summarizer=name, system_prompt=system_prompt, n_retries=n_retries)
     store = JSONCache(cache)
@@ -361,34 +376,40 @@ def summarize_rows(rows: list[dict], *, top_n: int, meta: dict, summarizer=None,
                 _fill(row, cached)
                 continue
             pending[index] = (key, pool.submit(run, index, captions))
-        # an atom's timeout runs from when a thread starts it; a summariser that never returns
-        # keeps its thread, so the whole run also ends by this deadline, and atoms still
-        # queued then are marked rather than waited for
-        deadline = time.monotonic() + timeout * (1 + -(-len(pending) // max_workers))
-        while pending:
-            wait([future for _, future in pending.values()], timeout=0.1,
-                 return_when=FIRST_COMPLETED)
-            now = time.monotonic()
-            for index, (key, future) in list(pending.items()):
-                if future.done():
-                    del pending[index]
-                    try:
-                        answer = future.result()
-                    except Exception as exc:  # any summariser failure marks this atom only
-                        rows[index]["status"] = f"error: {exc}"
-                        continue
-                    store.put(key, answer)
-                    _fill(rows[index], answer)
-                elif index in started and now - started[index] > timeout:
-                    del pending[index]  # the thread is left to finish; its answer is dropped
-                    rows[index]["status"] = f"error: no answer within {timeout:g} s"
-                elif now > deadline:
-                    del pending[index]
-                    rows[index]["status"] = ("error: not started: the summariser's threads "
-                                             "were all taken by answers that never came")
+        _collect(rows, pending, started, store, timeout, max_workers)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         store.flush()
+
+
+def _collect(rows: list[dict], pending: dict, started: dict[int, float], store: JSONCache,
+             timeout: float, max_workers: int) -> None:
+    """Fill each row from its answer as it comes; mark the rows whose answer does not come."""
+    # an atom's timeout runs from when a thread starts it; a summariser that never returns
+    # keeps its thread, so the whole run also ends by this deadline, and atoms still
+    # queued then are marked rather than waited for
+    deadline = time.monotonic() + timeout * (1 + -(-len(pending) // max_workers))
+    while pending:
+        wait([future for _, future in pending.values()], timeout=0.1,
+             return_when=FIRST_COMPLETED)
+        now = time.monotonic()
+        for index, (key, future) in list(pending.items()):
+            if future.done():
+                del pending[index]
+                try:
+                    answer = future.result()
+                except Exception as exc:  # any summariser failure marks this atom only
+                    rows[index]["status"] = f"error: {exc}"
+                    continue
+                store.put(key, answer)
+                _fill(rows[index], answer)
+            elif index in started and now - started[index] > timeout:
+                del pending[index]  # the thread is left to finish; its answer is dropped
+                rows[index]["status"] = f"error: no answer within {timeout:g} s"
+            elif now > deadline:
+                del pending[index]
+                rows[index]["status"] = ("error: not started: the summariser's threads "
+                                         "were all taken by answers that never came")
 
 
 def _fill(row: dict, answer: dict) -> None:

@@ -1,5 +1,5 @@
 """The concept graph: links between the concepts of consecutive layers."""
 
-from daskdict.graph.estimator import ConceptGraph, fit_layers
+from daskdict.graph.estimator import ConceptGraph
 
-__all__ = ["ConceptGraph", "fit_layers"]
+__all__ = ["ConceptGraph"]

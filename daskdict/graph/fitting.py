@@ -1,7 +1,8 @@
-"""One layer pair of the concept graph: the per-target L1-logistic ensembles (seed Fig. 1).
+"""One layer pair of the concept graph: the per-target L1-logistic ensembles.
 
-The numerical core of :mod:`daskdict.graph`: what one Dask task computes for a batch of target
-concepts, and how a layer pair is cut into tasks. See that module for the method.
+The numerical core of :mod:`daskdict.graph` (Fig. 1 of *Dictionary Learning for Disentangling
+Concepts in Vision Transformers*): what one Dask task computes for a batch of target concepts,
+and how a layer pair is cut into tasks. See :mod:`daskdict.graph.estimator` for the method.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import inspect
 import threading
 from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import dask
 import numpy as np
@@ -18,13 +18,11 @@ import sklearn
 import zarr
 from scipy.special import expit
 
-from daskdict.errors import InvalidInputError
-
 # ROC curves are kept as true-positive rates at these false-positive rates (linear
 # interpolation is exact between the curve's vertices): 101 floats per target instead of the
-# held-out scores, enough for the seed's Fig. 3 and its median curve.
+# held-out scores, enough for the paper's Fig. 3 and its median curve.
 ROC_FPR_GRID = np.linspace(0.0, 1.0, 101)
-# τ of the seed's F1 and of "argmax" inference: a concept is predicted active when p > τ
+# τ of the paper's F1 and of "argmax" inference: a concept is predicted active when p > τ
 THRESHOLD = 0.5
 STATUSES = ("ok", "too_few_positives", "too_few_negatives", "no_held_out_positives")
 OK, FEW_POSITIVES, FEW_NEGATIVES, NO_HELD_OUT = range(len(STATUSES))
@@ -57,29 +55,6 @@ class Settings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_int(name: str, value: Any, *, optional: bool = False) -> int | None:
-    """``value`` as a positive int (or None when ``optional``); else an error naming it."""
-    if optional and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        kind = "None or a positive integer" if optional else "a positive integer"
-        raise InvalidInputError(f"Expected {name} to be {kind}. Got {value!r}.")
-    return int(value)
-
-
-def check_fraction(name: str, value: Any, low_open: bool, high_open: bool) -> float:
-    """``value`` as a float in the interval (0, 1) with the open/closed ends asked for."""
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = (0.0 < value if low_open else 0.0 <= value) and (
-            value < 1.0 if high_open else value <= 1.0)
-    if not ok:
-        bounds = f"{'0 <' if low_open else '0 <='} {name} {'< 1' if high_open else '<= 1'}"
-        raise InvalidInputError(f"Expected {bounds}. Got {value!r}.")
-    return value
 
 
 @dataclass
@@ -250,7 +225,7 @@ class TargetFit:
 
 def fit_target(data: PairData, target: int, settings: Settings, seed: int, layer: int,
                model, is_positive: np.ndarray) -> TargetFit:
-    """Seed Fig. 1 for one target: ensemble, parents used by >= min_usage, final model, scores.
+    """The paper's Fig. 1 for one target: ensemble, parents used by >= min_usage, final model.
 
     ``is_positive`` is a scratch boolean row mask, all False on entry and on return.
     """

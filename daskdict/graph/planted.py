@@ -1,6 +1,6 @@
 """Planted concept graphs: per-layer sparse codes whose activations follow a known DAG.
 
-The test bed of :class:`daskdict.graph.ConceptGraph` (seed 001). Every sample has exactly
+The test bed of :class:`daskdict.graph.ConceptGraph`. Every sample has exactly
 ``n_active`` active concepts per layer, like K-SVD codes. Each concept of layer l is the parent
 of one *driven* concept of layer l+1 (which so has 1 to ``max_parents`` parents); an active
 concept usually activates its child, sometimes (``free_rate``) a random *free* concept instead,
@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
+import zarr
 
 from daskdict.datasets.planted import planted_atoms
 from daskdict.errors import InvalidInputError
 from daskdict.io.store import EmbeddingStore, create_store
+from daskdict.validation import check_fraction, check_positive_int
 
 if TYPE_CHECKING:
     from daskdict.graph.estimator import ConceptGraph
@@ -94,12 +96,6 @@ class PlantedLayers:
 def layer_names(n_layers: int) -> list[str]:
     """``["hidden_00", "hidden_01", …]``: the store's layer names in layer order."""
     return [f"hidden_{i:02d}" for i in range(n_layers)]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"Expected {name} to be a positive integer. Got {value!r}.")
-    return int(value)
 
 
 def _plant_children(rng: np.random.Generator, n_left: int, n_right: int, free_fraction: float,
@@ -187,50 +183,66 @@ def make_planted_graph(n_samples: int = 4000, n_concepts: Sequence[int] = (48, 4
     -------
     PlantedGraph
     """
-    n_samples = _positive_int("n_samples", n_samples)
-    n_concepts = [_positive_int("n_concepts", k) for k in n_concepts]
-    if len(n_concepts) < 2:
-        raise InvalidInputError(
-            f"Expected at least two layers in n_concepts. Got {len(n_concepts)}.")
-    n_active = _positive_int("n_active", n_active)
-    max_parents = _positive_int("max_parents", max_parents)
-    if n_active > min(n_concepts):
-        raise InvalidInputError(
-            f"n_active={n_active} exceeds the smallest layer ({min(n_concepts)} concepts).")
-    for name, value, high in (("free_fraction", free_fraction, 1.0), ("free_rate", free_rate, 1.0),
-                              ("noise", noise, 0.5)):
-        if not 0.0 <= value < high:
-            raise InvalidInputError(f"Expected 0 <= {name} < {high}. Got {value!r}.")
+    n_samples, n_concepts, n_active, max_parents = _checked_sizes(n_samples, n_concepts,
+                                                                  n_active, max_parents)
+    check_fraction("free_fraction", free_fraction, low_open=False, high_open=True)
+    check_fraction("free_rate", free_rate, low_open=False, high_open=True)
+    if check_fraction("noise", noise, low_open=False, high_open=True) >= 0.5:
+        raise InvalidInputError(f"Expected noise in [0, 0.5). Got {noise!r}.")
     rng = np.random.default_rng(random_state)
-
     slots = _redraw_duplicates(rng, rng.integers(n_concepts[0], size=(n_samples, n_active)),
                                np.arange(n_concepts[0]))
     layers = [slots]
     parents = [[np.empty(0, dtype=np.int64) for _ in range(n_concepts[0])]]
     for n_left, n_right in itertools.pairwise(n_concepts):
         child, driven = _plant_children(rng, n_left, n_right, free_fraction, max_parents)
-        free = np.flatnonzero(~driven)
-        moved = child[slots]
-        if free.size:
-            to_free = rng.random(slots.shape) < free_rate
-            moved[to_free] = free[rng.integers(free.size, size=int(to_free.sum()))]
-        noisy = rng.random(slots.shape) < noise
-        moved[noisy] = rng.integers(n_right, size=int(noisy.sum()))
-        slots = _redraw_duplicates(rng, moved, free if free.size else np.arange(n_right))
+        slots = _move_slots(rng, slots, child, np.flatnonzero(~driven), n_right, free_rate,
+                            noise)
         layers.append(slots)
         parents.append([np.flatnonzero(child == concept) for concept in range(n_right)])
-    codes = []
-    for slots, width in zip(layers, n_concepts, strict=True):
-        values = rng.standard_normal(slots.shape)
-        values += np.copysign(MIN_MAGNITUDE, values)
-        if not signed:
-            values = np.abs(values)
-        rows = np.repeat(np.arange(n_samples), n_active)
-        matrix = sp.csr_matrix((values.ravel(), (rows, slots.ravel())),
-                               shape=(n_samples, width))
-        matrix.sort_indices()
-        codes.append(matrix)
+    codes = [_slot_codes(rng, slots, width, signed)
+             for slots, width in zip(layers, n_concepts, strict=True)]
     return PlantedGraph(codes=codes, parents=parents)
+
+
+def _checked_sizes(n_samples: Any, n_concepts: Any, n_active: Any, max_parents: Any
+                   ) -> tuple[int, list[int], int, int]:
+    n_samples = check_positive_int("n_samples", n_samples)
+    n_concepts = [check_positive_int("n_concepts", k) for k in n_concepts]
+    if len(n_concepts) < 2:
+        raise InvalidInputError(
+            f"Expected at least two layers in n_concepts. Got {len(n_concepts)}.")
+    n_active = check_positive_int("n_active", n_active)
+    if n_active > min(n_concepts):
+        raise InvalidInputError(
+            f"n_active={n_active} exceeds the smallest layer ({min(n_concepts)} concepts).")
+    return n_samples, n_concepts, n_active, check_positive_int("max_parents", max_parents)
+
+
+def _move_slots(rng: np.random.Generator, slots: np.ndarray, child: np.ndarray,
+                free: np.ndarray, n_right: int, free_rate: float, noise: float) -> np.ndarray:
+    """The next layer's slots of shape (n_samples, n_active): children, free draws, noise."""
+    moved = child[slots]
+    if free.size:
+        to_free = rng.random(slots.shape) < free_rate
+        moved[to_free] = free[rng.integers(free.size, size=int(to_free.sum()))]
+    noisy = rng.random(slots.shape) < noise
+    moved[noisy] = rng.integers(n_right, size=int(noisy.sum()))
+    return _redraw_duplicates(rng, moved, free if free.size else np.arange(n_right))
+
+
+def _slot_codes(rng: np.random.Generator, slots: np.ndarray, width: int, signed: bool
+                ) -> sp.csr_matrix:
+    """Codes of shape (n_samples, width) with a planted coefficient in every slot."""
+    values = rng.standard_normal(slots.shape)
+    values += np.copysign(MIN_MAGNITUDE, values)
+    if not signed:
+        values = np.abs(values)
+    n_samples, n_active = slots.shape
+    rows = np.repeat(np.arange(n_samples), n_active)
+    matrix = sp.csr_matrix((values.ravel(), (rows, slots.ravel())), shape=(n_samples, width))
+    matrix.sort_indices()
+    return matrix
 
 
 def make_planted_layers(n_samples: int = 4000, n_concepts: Sequence[int] = (48, 48, 48),
@@ -262,7 +274,7 @@ def make_planted_layers(n_samples: int = 4000, n_concepts: Sequence[int] = (48, 
             f"Expected one n_features per layer ({graph.n_layers}). Got {len(widths)}.")
     atoms, data = [], []
     for codes, width in zip(graph.codes, widths, strict=True):
-        layer_atoms = planted_atoms(codes.shape[1], _positive_int("n_features", width), rng)
+        layer_atoms = planted_atoms(codes.shape[1], check_positive_int("n_features", width), rng)
         clean = np.asarray(codes @ layer_atoms)
         noise = rng.standard_normal(clean.shape)
         noise *= np.linalg.norm(clean) / np.linalg.norm(noise) / 10 ** (snr_db / 20)
@@ -293,8 +305,6 @@ def write_planted_layers_store(path: str | os.PathLike, n_samples: int = 4000,
                          chunk_rows=chunk_rows, overwrite=overwrite,
                          attrs={"planted": {"n_concepts": [int(a.shape[0]) for a in planted.atoms],
                                             "n_active": n_active, "snr_db": snr_db}})
-    import zarr
-
     group = zarr.open_group(store.path, mode="r+")
     for name, atoms in zip(names, planted.atoms, strict=True):
         group.create_array(f"planted/{name}/atoms", data=atoms.astype(np.float32))

@@ -1,4 +1,6 @@
-"""Pictures of a concept graph (matplotlib, imported when drawing): seed Figs. 2 and 3.
+"""Pictures of a concept graph (matplotlib, imported when drawing): Figs. 2 and 3 of the paper.
+
+The paper: *Dictionary Learning for Disentangling Concepts in Vision Transformers*.
 
 Plain functions over arrays; :class:`daskdict.graph.ConceptGraph` calls them from its
 ``plot_*`` methods. Figures are made with ``matplotlib.figure.Figure`` (no pyplot, so no global

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,16 @@ _HINTS = {
     ".npz": "a NumPy archive: load it with numpy.load and write a store with "
             "daskdict.create_store",
     ".html": "an HTML report (open it in a browser)",
+    ".json": "a JSON file",
     ".csv": "a CSV table",
     ".png": "an image",
 }
+# the same files recognised by their first bytes, whatever their name
+_MAGIC = (
+    (b"\x93NUMPY", ".npy"),
+    (b"PK\x03\x04", ".npz"),
+    (b"\x89PNG", ".png"),
+)
 
 _LOADERS: dict[str, Callable[[Path], Any]] = {}
 _DESCRIBERS: dict[str, Callable[[Path], dict]] = {}
@@ -81,23 +89,53 @@ def _json_header(path: Path) -> dict | None:
     return dict(meta) if isinstance(meta, dict) else None
 
 
+def _what_file(path: Path) -> str | None:
+    """What the file at ``path`` is, in words, when it is something a user may mistake for a
+    store (None when it is not recognised)."""
+    meta = _json_header(path)
+    if meta is not None:
+        return f"daskdict {meta.get('kind')} (a JSON file)"
+    try:
+        with open(path, "rb") as file:
+            start = file.read(512)
+    except OSError:
+        return _HINTS.get(path.suffix.lower())
+    suffix = next((s for magic, s in _MAGIC if start.startswith(magic)), None)
+    text = start.lstrip().lower()
+    if suffix is None and (text.startswith(b"<!doctype html") or text.startswith(b"<html")):
+        suffix = ".html"
+    if suffix is None and text[:1] in (b"{", b"["):
+        suffix = ".json"
+    return _HINTS.get(suffix or path.suffix.lower())
+
+
 def open_node(path: str | os.PathLike) -> zarr.Group | zarr.Array:
-    """Open a Zarr node read-only, or raise an error that says what ``path`` is instead."""
+    """Open a Zarr node read-only, or raise an error that says what ``path`` is instead.
+
+    Raises
+    ------
+    StoreNotFoundError
+        If nothing is at ``path``, or a folder that holds no Zarr node.
+    InvalidInputError
+        If ``path`` is a file (saying what kind of file, and how to convert a NumPy one).
+    """
     path = Path(path)
     if not path.exists():
         raise _not_found(path)
     if path.is_file():
-        what = _HINTS.get(path.suffix.lower())
-        if what is None and _json_header(path) is not None:
-            what = f"daskdict {_json_header(path).get('kind')} (a JSON file)"
+        what = _what_file(path)
         raise InvalidInputError(
             f"{str(path)!r} is a file, not a Zarr store" + (f": it is {what}." if what else ".")
         )
+    if not any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")):
+        raise StoreNotFoundError(
+            f"{str(path)!r} is a folder but not a Zarr store (it holds no zarr.json)."
+        )
     try:
         return zarr.open(path, mode="r")
-    except Exception as exc:  # zarr raises several types for "not zarr"
+    except Exception as exc:  # zarr raises several types for a damaged node
         raise InvalidInputError(
-            f"{str(path)!r} is not a Zarr store (no zarr.json/.zgroup found: {exc})."
+            f"{str(path)!r} is not a readable Zarr store ({type(exc).__name__}: {exc})."
         ) from exc
 
 
@@ -132,7 +170,7 @@ def kind_of(path: str | os.PathLike) -> str | None:
         return None
     try:
         meta = read_header(path)
-    except InvalidInputError:
+    except (InvalidInputError, StoreNotFoundError):
         return None
     kind = meta.get("kind")
     if kind is None and path.is_dir() and (path / "layers").is_dir():
@@ -164,10 +202,10 @@ def open_kind(path: str | os.PathLike, kind: str) -> tuple[zarr.Group, dict]:
     node = open_node(path)
     found = kind_of(path)
     if not isinstance(node, zarr.Group) or found != kind:
-        raise InvalidInputError(
-            f"Expected {str(path)!r} to hold daskdict {kind}. Got "
-            f"{'a bare Zarr array' if isinstance(node, zarr.Array) else repr(found)}."
-        )
+        got = ("a bare Zarr array" if isinstance(node, zarr.Array)
+               else "a Zarr group without a daskdict header" if found is None
+               else f"daskdict {found}")
+        raise InvalidInputError(f"Expected {str(path)!r} to hold daskdict {kind}. Got {got}.")
     meta = dict(node.attrs.get(HEADER_KEY, {}))
     check_format(meta, path)
     return node, meta
@@ -201,7 +239,40 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise OutputNotWritableError(
             f"Cannot write the output {str(path)!r}: {str(probe)!r} is not writable."
         )
+    # permission bits do not tell everything (root passes os.access, /proc refuses new files):
+    # create and remove a file where the output's folders will be made
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OutputNotWritableError(
+            f"Cannot write the output {str(path)!r}: {str(probe)!r} does not accept new files "
+            f"({exc.strerror or exc})."
+        ) from exc
     return path
+
+
+def check_apart(path: str | os.PathLike, inputs: Iterable[Any]) -> Path:
+    """Check that ``path`` is writable and neither is, holds nor lies inside any input path.
+
+    This is all a folder that a run resumes (a checkpoint, a work folder) needs: it may exist.
+    Entries of ``inputs`` that are not paths (arrays, None) are skipped.
+
+    Raises
+    ------
+    OutputNotWritableError
+    """
+    path = Path(path)
+    for source in inputs:
+        if isinstance(source, str | os.PathLike) and str(source):
+            source = Path(source)
+            if _same_path(source, path) or _contains(path, source) or _contains(source, path):
+                raise OutputNotWritableError(
+                    f"The output {str(path)!r} is the input {str(source)!r} (or holds it, or "
+                    "lies inside it); writing there would destroy the input. Choose another "
+                    "output path."
+                )
+    return check_writable(path)
 
 
 def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[Any] = (),
@@ -235,16 +306,7 @@ def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[Any] = 
     if kind not in KINDS and kind not in ("report", "table"):
         raise ValueError(f"Unknown output kind {kind!r}.")
     path = Path(path)
-    for source in inputs:
-        if isinstance(source, str | os.PathLike) and str(source):
-            source = Path(source)
-            if _same_path(source, path) or _contains(path, source) or _contains(source, path):
-                raise OutputNotWritableError(
-                    f"The output {str(path)!r} is the input {str(source)!r} (or holds it, or "
-                    "lies inside it); writing there would destroy the input. Choose another "
-                    "output path."
-                )
-    check_writable(path)
+    check_apart(path, inputs)
     if not path.exists() and not path.is_symlink():
         return path
     found = kind_of(path)

@@ -17,8 +17,8 @@ _DEPENDENCE_EPS = 1e-6
 
 # The largest |a| is found as the largest of the float's bits shifted left by one: the shift
 # drops the sign and keeps the order of |a|, and an unsigned integer max vectorises on any x86
-# CPU, where a float max does not (LLVM keeps its NaN semantics scalar; that made the search
-# 5 ns per atom on AVX2 and dominate the coder). These helpers are compiled per float type
+# CPU, where a float max does not (LLVM keeps its NaN semantics scalar, and the search would
+# dominate the coder). These helpers are compiled per float type
 # (overloads); their Python versions are references for tests.
 
 
@@ -81,7 +81,7 @@ def _last_pass_numba(source, prev, coef, u, alpha, step, scale):
             v = (source[j] - c * prev[j]) * inv
             u[j] = v
             alpha[j] -= z * v
-            b = bits_type(bits[j] << one)  # numba widens small ints: keep the lanes narrow
+            b = bits_type(bits[j] << one)  # numba widens small ints: keep the SIMD lanes narrow
             if b > top:
                 top = b
         return top
@@ -96,7 +96,7 @@ def _new_direction_numba(proj, s, row, lower, alpha, step, scale):
         # and the first subtraction reads the Gram row directly: about a quarter fewer
         # streams over (n_atoms,) vectors than a copy, s passes, then an update pass. The
         # passes before the last write a scratch row, not u: a pass reading and writing u
-        # through two names is not vectorised (LLVM's overlap check fails: 2x slower, measured).
+        # through two names is not vectorised (LLVM's overlap check fails).
         u = proj[s]
         if s == 0:  # row - 0 * row == row exactly (Gram entries are finite)
             return _last_pass(row, row, 0.0, u, alpha, step, scale)
@@ -108,7 +108,7 @@ def _new_direction_numba(proj, s, row, lower, alpha, step, scale):
         p0 = proj[0]
         for j in range(u.shape[0]):
             scratch[j] = row[j] - first * p0[j]
-        for t in range(1, s - 1):  # one pass per term: fusing four was not faster (measured)
+        for t in range(1, s - 1):  # one pass per term: fusing several gains nothing
             c = ty(lower[s, t])
             p = proj[t]
             for j in range(u.shape[0]):
@@ -124,8 +124,7 @@ def _find_bits_numba(alpha, top):
 
     def impl(alpha, top):
         # One pass of a branch-free "smallest index whose bits match": a select and an
-        # unsigned min vectorise, where an early exit or a boolean OR over blocks did not
-        # (measured 15x slower on AVX2).
+        # unsigned min vectorise, where an early exit or a boolean OR over blocks do not.
         bits = alpha.view(bits_type)
         one = bits_type(1)
         n = bits.shape[0]
@@ -175,7 +174,7 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
     tol_sq : stop once the squared residual norm <= tol_sq.
     """
     n_atoms = alpha0.shape[0]
-    for j in range(n_atoms):  # a slice assignment is not vectorised by numba (4x slower)
+    for j in range(n_atoms):  # a slice assignment is not vectorised by numba
         alpha[j] = alpha0[j]
     n_sel = 0
     if y_sqnorm <= tol_sq or y_sqnorm == 0.0:
@@ -326,16 +325,16 @@ def matching_pursuit(corr, gram, y_sqnorms, n_nonzero, tol):
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _sq_sum(v):
-    """``sum(v**2)`` accumulated in float64. Reassociation lets LLVM vectorise the sum; the
-    strict left-to-right loop was a 4-cycle dependency chain per element (a quarter of
-    ``residual_statistics``' time, measured)."""
+    """``sum(v**2)`` accumulated in float64. Reassociation lets LLVM vectorise the sum; a
+    strict left-to-right loop is a chain of dependent additions, one per element."""
     acc = 0.0
     for f in range(v.shape[0]):
         acc += np.float64(v[f]) * v[f]
     return acc
 
 
-# Rows whose residuals are kept at once by ``residual_statistics`` (6 MB at d=768 in float32).
+# Rows whose residuals are kept at once by ``residual_statistics`` (enough to group each
+# atom's users, few enough to stay in cache).
 STATISTICS_ROWS = 2048
 
 
@@ -375,7 +374,7 @@ def residual_statistics(y, atoms, indices, values, n_worst, block_rows=STATISTIC
     n_samples, n_features = y.shape
     n_atoms = atoms.shape[0]
     n_nonzero = indices.shape[1]
-    # per-chunk sums in the data's dtype (float32 halves memory traffic and transfers); chunks
+    # per-block sums in the data's dtype (float32 halves memory traffic and transfers); blocks
     # are summed in float64 by the caller
     restricted = np.zeros((n_atoms, n_features), dtype=y.dtype)
     coef_sq = np.zeros(n_atoms, dtype=np.float64)
@@ -385,10 +384,10 @@ def residual_statistics(y, atoms, indices, values, n_worst, block_rows=STATISTIC
     err = np.empty(n_samples, dtype=np.float64)
     block_rows = max(1, min(block_rows, n_samples))
     residuals = np.empty((block_rows, n_features), dtype=y.dtype)
-    # The (row, atom) pairs of a block of rows, grouped by atom (a counting sort that keeps the
-    # row order): each row of ``restricted`` is then updated once per block, in atom order,
-    # instead of ten scattered read-modify-writes of 3 KB rows per sample (those stalled on
-    # the cache: a third less time for the whole kernel, measured at d=768, K=3072).
+    # The (row, atom) pairs of a group of rows, grouped by atom (a counting sort that keeps the
+    # row order): each row of ``restricted`` is then updated once per group, in atom order,
+    # instead of n_nonzero scattered read-modify-writes of long rows per sample, which stall
+    # on the cache.
     first = np.zeros(n_atoms + 1, dtype=np.int64)
     fill = np.empty(n_atoms, dtype=np.int64)
     pair_row = np.empty(block_rows * n_nonzero, dtype=np.int64)
@@ -396,60 +395,94 @@ def residual_statistics(y, atoms, indices, values, n_worst, block_rows=STATISTIC
     for begin in range(0, n_samples, block_rows):
         end = min(begin + block_rows, n_samples)
         first[:] = 0
-        for i in range(begin, end):
-            yi = y[i]
-            r = residuals[i - begin]
-            y_sq = _sq_sum(yi)
-            for f in range(n_features):
-                r[f] = yi[f]
-                row_sum[f] += r[f]
-            for s in range(n_nonzero):
-                j = indices[i, s]
-                if j < 0:
-                    continue
-                x = values[i, s]
-                atom = atoms[j]
-                for f in range(n_features):
-                    r[f] -= x * atom[f]
-                if x != 0.0:
-                    first[j + 1] += 1
-                    sums[4] += 1.0
-                    usage[j] += 1
-                    coef_sq[j] += np.float64(x) * x
-            r_sq = _sq_sum(r)
-            err[i] = r_sq
-            sums[0] += r_sq
-            sums[1] += y_sq
-            if y_sq > 0.0:
-                sums[2] += np.sqrt(r_sq / y_sq)
-                sums[3] += 1.0
-        for j in range(n_atoms):
-            first[j + 1] += first[j]
-            fill[j] = first[j]
-        for i in range(begin, end):
-            for s in range(n_nonzero):
-                j = indices[i, s]
-                if j < 0 or values[i, s] == 0.0:
-                    continue
-                pair_row[fill[j]] = i - begin
-                pair_value[fill[j]] = values[i, s]
-                fill[j] += 1
-        for j in range(n_atoms):
-            if first[j] == first[j + 1]:
+        _residual_rows(y, atoms, indices, values, begin, end, residuals, first, usage,
+                       coef_sq, sums, row_sum, err)
+        _group_by_atom(indices, values, begin, end, first, fill, pair_row, pair_value)
+        _add_restricted(restricted, first, pair_row, pair_value, residuals)
+    worst_err, worst_rows = _worst_rows(y, err, n_worst)
+    return restricted, coef_sq, usage, sums, row_sum, worst_err, worst_rows
+
+
+@numba.njit(cache=True, nogil=True)
+def _residual_rows(y, atoms, indices, values, begin, end, residuals, first, usage, coef_sq,
+                   sums, row_sum, err):
+    """Residuals of rows ``begin:end`` into ``residuals``; adds their sums (see
+    :func:`residual_statistics`) and counts each atom's users in ``first[j + 1]``."""
+    n_features = y.shape[1]
+    n_nonzero = indices.shape[1]
+    for i in range(begin, end):
+        yi = y[i]
+        r = residuals[i - begin]
+        y_sq = _sq_sum(yi)
+        for f in range(n_features):
+            r[f] = yi[f]
+            row_sum[f] += r[f]
+        for s in range(n_nonzero):
+            j = indices[i, s]
+            if j < 0:
                 continue
-            row = restricted[j]
-            for p in range(first[j], first[j + 1]):
-                x = pair_value[p]
-                r = residuals[pair_row[p]]
-                for f in range(n_features):
-                    row[f] += x * r[f]
-    m = min(n_worst, n_samples)
+            x = values[i, s]
+            atom = atoms[j]
+            for f in range(n_features):
+                r[f] -= x * atom[f]
+            if x != 0.0:
+                first[j + 1] += 1
+                sums[4] += 1.0
+                usage[j] += 1
+                coef_sq[j] += np.float64(x) * x
+        r_sq = _sq_sum(r)
+        err[i] = r_sq
+        sums[0] += r_sq
+        sums[1] += y_sq
+        if y_sq > 0.0:
+            sums[2] += np.sqrt(r_sq / y_sq)
+            sums[3] += 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_by_atom(indices, values, begin, end, first, fill, pair_row, pair_value):
+    """Counting sort of the (row, value) pairs of rows ``begin:end`` by atom, keeping row order:
+    atom j's pairs end up in ``pair_*[first[j]:first[j + 1]]`` (``first`` holds the counts
+    shifted by one on entry, the offsets on exit)."""
+    n_atoms = fill.shape[0]
+    for j in range(n_atoms):
+        first[j + 1] += first[j]
+        fill[j] = first[j]
+    for i in range(begin, end):
+        for s in range(indices.shape[1]):
+            j = indices[i, s]
+            if j < 0 or values[i, s] == 0.0:
+                continue
+            pair_row[fill[j]] = i - begin
+            pair_value[fill[j]] = values[i, s]
+            fill[j] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_restricted(restricted, first, pair_row, pair_value, residuals):
+    """``restricted[j] += sum x r`` over atom j's pairs, atom by atom, in row order."""
+    n_features = restricted.shape[1]
+    for j in range(restricted.shape[0]):
+        if first[j] == first[j + 1]:
+            continue
+        row = restricted[j]
+        for p in range(first[j], first[j + 1]):
+            x = pair_value[p]
+            r = residuals[pair_row[p]]
+            for f in range(n_features):
+                row[f] += x * r[f]
+
+
+@numba.njit(cache=True, nogil=True)
+def _worst_rows(y, err, n_worst):
+    """The squared errors and rows of the ``min(n_worst, n_samples)`` largest errors."""
+    m = min(n_worst, y.shape[0])
     order = np.argsort(-err)[:m]
     worst_err = err[order]
-    worst_rows = np.empty((m, n_features), dtype=y.dtype)
+    worst_rows = np.empty((m, y.shape[1]), dtype=y.dtype)
     for t in range(m):
         worst_rows[t] = y[order[t]]
-    return restricted, coef_sq, usage, sums, row_sum, worst_err, worst_rows
+    return worst_err, worst_rows
 
 
 @numba.njit(cache=True, nogil=True)

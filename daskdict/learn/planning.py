@@ -1,6 +1,6 @@
 """How long a fit will take and how much memory its workers need, before spending an allocation.
 
-A short calibration measures the pieces of one K-SVD iteration where they will run, on every
+A short calibration measures the costs of one K-SVD iteration where they will run, on every
 worker thread of the cluster at once (so that the threads' contention for memory bandwidth is
 in the figures), on ``calibration_rows`` rows of the user's data (or planted data of the same
 width):
@@ -8,8 +8,8 @@ width):
 * ``t_gram``: the Gram matrix each worker process makes once per iteration (its threads share
   it);
 * ``t_row``: coding and summarising one row (correlation GEMM, Batch-OMP, the statistics,
-  and reading it), from the pieces of a calibration lane after its first (whose caches are
-  cold);
+  and reading it), from the blocks a calibration task codes after its first (whose caches
+  are cold);
 * ``t_gather``: receiving one share's statistics (n_atoms x n_features float64) from another
   process;
 * ``t_merge``: adding one share's statistics to a merge (timed here);
@@ -17,7 +17,7 @@ width):
 
 A fit cuts the rows into one share per worker process, which the worker's T threads code
 together; the shares' statistics are merged on the workers by a tree of up to 8 at a time
-(each merge receives all but one of its parts from other workers), and the driver receives
+(each merge receives all but one of its inputs from other workers), and the driver receives
 the root. The model of one iteration over N rows on W workers is then the time of the slowest
 share, the merges along the tree and the driver's work::
 
@@ -25,8 +25,8 @@ share, the merges along the tree and the driver's work::
              + sum over the tree's levels of ((m - 1) * t_gather + m * t_merge)
              + t_gather + t_driver
 
-where m is the number of parts per merge at that level (min(8, parts left)): one level of W
-parts up to 8 workers, two up to 64, three up to 512.
+where m is the number of inputs per merge at that level (min(8, inputs left)): one level of W
+inputs up to 8 workers, two up to 64, three up to 512.
 
 Memory does not grow with N: a worker holds the dictionary, its Gram matrix, the statistics,
 one chunk and the coder's buffers. The peak resident memory of the calibration tasks is
@@ -48,18 +48,23 @@ from typing import Any
 import dask
 import numpy as np
 
-from daskdict.compute.runtime import release_memory, runtime
+from daskdict.compute.runtime import Runtime, release_memory, runtime
+from daskdict.datasets.planted import make_planted
 from daskdict.errors import InvalidInputError
-from daskdict.learn.training import (
-    CODE_ROWS,
+from daskdict.io import formats
+from daskdict.io.formats import check_output
+from daskdict.io.reads import open_rows
+from daskdict.learn.coding import CODE_ROWS
+from daskdict.learn.shares import (
     MERGE_EVERY,
-    _forget_worker_state,
-    _merge_statistics,
-    _share_statistics,
-    approx_update,
-    n_candidates,
-    replace_atoms,
+    forget_worker_state,
+    merge_statistics,
+    share_statistics,
 )
+from daskdict.learn.updates import approx_update, n_candidates, replace_atoms
+from daskdict.validation import check_positive_int
+
+KIND = "plan"
 
 
 @dataclasses.dataclass
@@ -77,7 +82,7 @@ class Plan:
     arrays_per_worker_bytes : dict of str to int
         The large arrays a worker holds (analytic), for reading the memory figure.
     calibration : dict
-        The measured pieces (seconds): ``t_gram``, ``t_row``, ``t_gather``,
+        The measured costs (seconds): ``t_gram``, ``t_row``, ``t_gather``,
         ``t_merge`` (merging one share's statistics) and ``t_driver`` (the driver's update),
         with ``rows``, ``threads`` (worker threads calibrated at once) and ``where``.
     """
@@ -99,18 +104,46 @@ class Plan:
         """Seconds per iteration for another N or cluster size, from the same calibration."""
         cal = self.calibration
         n_samples = self.n_samples if n_samples is None else n_samples
-        return _model(cal, n_samples, self.n_workers if n_workers is None else n_workers,
+        return model_seconds(cal, n_samples, self.n_workers if n_workers is None else n_workers,
                       self.threads_per_worker if threads_per_worker is None
                       else threads_per_worker)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan as JSON."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the plan as a JSON file with a daskdict header (kind ``"plan"``).
+
+        Parameters
+        ----------
+        path : path
+        overwrite : bool, default=False
+            Replace a plan saved at ``path`` (never anything else).
+        """
+        path = check_output(path, KIND, overwrite=overwrite, file=True)
+        payload = {formats.HEADER_KEY: formats.header(KIND), **self.to_dict()}
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, path)  # a crash leaves the old plan or the new one
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a plan written by :meth:`save`."""
+        meta = formats.read_header(path)
+        if meta.get("kind") != KIND:
+            raise InvalidInputError(
+                f"Expected {str(path)!r} to hold a daskdict plan. Got {meta.get('kind')!r}.")
+        formats.check_format(meta, path)
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in payload]
+        if missing:
+            raise InvalidInputError(f"The plan {str(path)!r} lacks {', '.join(missing)}.")
+        return cls(**{name: payload[name] for name in names})
 
     def summary(self) -> str:
         hours = self.seconds_per_iteration / 3600
@@ -121,38 +154,40 @@ class Plan:
                 "per worker")
 
 
-def _model(cal: dict, n_samples: int, n_workers: int, threads_per_worker: int) -> float:
-    merging, parts = 0.0, n_workers
-    while True:  # the levels of the merge tree (learn._tree_reduce)
-        per_merge = min(parts, MERGE_EVERY)
+def model_seconds(cal: dict, n_samples: int, n_workers: int, threads_per_worker: int) -> float:
+    """Seconds of one iteration over ``n_samples`` rows from the calibration ``cal`` (the
+    model of the module's docstring)."""
+    merging, inputs = 0.0, n_workers
+    while True:  # the levels of the merge tree (daskdict.learn.shares.tree_reduce)
+        per_merge = min(inputs, MERGE_EVERY)
         merging += (per_merge - 1) * cal["t_gather"] + per_merge * cal["t_merge"]
-        parts = math.ceil(parts / MERGE_EVERY)
-        if parts == 1:
+        inputs = math.ceil(inputs / MERGE_EVERY)
+        if inputs == 1:
             break
     return (cal["t_gram"] + math.ceil(n_samples / (n_workers * threads_per_worker))
             * cal["t_row"] + merging + cal["t_gather"] + cal["t_driver"])
 
 
-def _calibrate_lane(reader: Any, pieces: list[tuple[int, int]], atoms: np.ndarray,
-                    n_nonzero: int, start_at: float) -> dict:
-    """One lane's timings on a worker thread (all lanes start together at ``start_at``)."""
-    while time.time() < start_at:  # line the lanes up so that they contend as in a fit
+def _calibrate_thread(reader: Any, ranges: list[tuple[int, int]], atoms: np.ndarray,
+                      n_nonzero: int, start_at: float) -> dict:
+    """One worker thread's timings (all threads' tasks start together at ``start_at``)."""
+    while time.time() < start_at:  # line the tasks up so that they contend as in a fit
         time.sleep(0.001)
     timings: list[tuple[int, float]] = []
     begin = time.perf_counter()
     # a share of its own (a token of its own): this thread codes all the rows
-    stats = _share_statistics(reader, pieces, uuid.uuid4().hex, atoms, n_nonzero, 0.0, "omp",
-                              n_candidates(atoms.shape[0]), timings)
-    t_lane = time.perf_counter() - begin
+    stats = share_statistics(reader, ranges, uuid.uuid4().hex, atoms, n_nonzero, 0.0, "omp",
+                             n_candidates(atoms.shape[0]), timings)
+    t_task = time.perf_counter() - begin
     rows, seconds = np.array(timings).T
-    # the Gram matrix, made (or waited for) before the pieces
-    t_gram = t_lane - float(seconds.sum())
-    # per row, from the pieces after the first: the first runs with cold caches (the Gram
-    # matrix was just made), which a fit's share pays once over many pieces
+    # the Gram matrix, made (or waited for) before the blocks
+    t_gram = t_task - float(seconds.sum())
+    # per row, from the blocks after the first: the first runs with cold caches (the Gram
+    # matrix was just made), which a fit's share pays once over many blocks
     steady = slice(1, None) if len(timings) > 1 else slice(None)
     t_row = float(seconds[steady].sum() / rows[steady].sum())
     release_memory()
-    return {"t_gram": t_gram, "t_lane": t_lane, "t_row": t_row,
+    return {"t_gram": t_gram, "t_task": t_task, "t_row": t_row,
             "stats": stats,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -167,19 +202,15 @@ def _calibration_data(source: Any, layer: str | None, n_rows: int, n_features: i
     if source is None:
         if n_features is None:
             raise InvalidInputError("Give a data source or n_features to calibrate on.")
-        from daskdict.datasets.planted import make_planted
-
         planted = make_planted(n_rows, n_features, n_atoms, n_nonzero, 20.0,
                                random_state=random_state, dtype=np.float32)
         return np.ascontiguousarray(planted.data), n_rows, n_features, None
-    from daskdict.io.store import open_rows
-
     data, _, reader = open_rows(source, layer, skip_flagged=True)
     if n_features is not None and n_features != data.shape[1]:
         raise InvalidInputError(
             f"The source has {data.shape[1]} features; n_features={n_features} disagrees.")
     # whole stored chunks (a part of a chunk costs the whole chunk's read and decoding, which
-    # made the per-row cost 15-25 % too high), and at least two (see _calibrate_lane)
+    # would overstate the per-row cost), and at least two (see _calibrate_thread)
     chunk = int(data.chunks[0][0])
     take = min(max(-(-n_rows // chunk), 2) * chunk, data.shape[0])
     if reader is None or getattr(reader, "dtype", None) != np.float32:
@@ -187,11 +218,39 @@ def _calibration_data(source: Any, layer: str | None, n_rows: int, n_features: i
     return reader, take, int(data.shape[1]), int(data.chunks[0][0])
 
 
+def _calibrate(rt: Runtime, reader: Any, ranges: list[tuple[int, int]], atoms: np.ndarray,
+               n_nonzero: int) -> tuple[list[dict], float, int]:
+    """Every worker thread's timings, from a second round (the first loads the kernels and
+    the data everywhere); the wall time of that round and the number of threads."""
+    threads = rt.lanes()
+    shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
+
+    def one_round():
+        # a new dictionary object per round, as per iteration in a fit: the tasks of a round
+        # on one worker share its Gram matrix, and no round reuses the last one's
+        shared_atoms = rt.share(atoms.copy())
+        start_at = time.time() + 1.0
+        tasks = []
+        for worker in threads:
+            placement = {"workers": [worker], "allow_other_workers": False} if worker else {}
+            with dask.annotate(**placement):
+                tasks.append(dask.delayed(_calibrate_thread, pure=False)(
+                    shared_reader, ranges, shared_atoms, n_nonzero, start_at))
+        begin = time.time()
+        results = rt.compute(*tasks)
+        return results, time.time() - max(begin, start_at)
+
+    one_round()
+    results, t_wall = one_round()
+    forget_worker_state(rt)  # as a fit does: the workers keep no Gram matrix afterwards
+    return list(results), t_wall, len(threads)
+
+
 def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: int = 10,
          n_workers: int, threads_per_worker: int = 1, n_features: int | None = None,
          layer: str | None = None, chunk_rows: int | None = None,
          calibration_rows: int = 8192, client: Any = None, random_state: int = 0,
-         progress: bool = False) -> Plan:
+         verbose: bool = False) -> Plan:
     """Predict the time per iteration and memory per worker of a fit, from a calibration.
 
     Parameters
@@ -212,11 +271,11 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     chunk_rows : int, optional
         Rows per stored chunk (default: the source's, or about 32 MB).
     calibration_rows : int, default=8192
-        Rows each calibration lane codes (for a stored source: rounded up to whole chunks,
-        at least two).
+        Rows each worker thread codes in calibration (for a stored source: rounded up to whole
+        chunks, at least two).
     client : distributed.Client, cluster, "local" or None
         Where to calibrate: on the planned kind of machine, ideally the planned cluster (None:
-        a LocalCluster here). Every worker thread runs one lane at once.
+        a LocalCluster here). Every worker thread calibrates at once.
     random_state : int, default=0
 
     Returns
@@ -227,60 +286,48 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
                         ("n_nonzero", n_nonzero), ("n_workers", n_workers),
                         ("threads_per_worker", threads_per_worker),
                         ("calibration_rows", calibration_rows)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidInputError(f"Expected {name} to be a positive integer. Got {value!r}.")
+        check_positive_int(name, value)
     reader, n_rows, n_features, stored_chunk_rows = _calibration_data(
         source, layer, calibration_rows, n_features, n_atoms, n_nonzero, random_state)
     if n_nonzero > n_features:
         raise InvalidInputError(f"n_nonzero={n_nonzero} exceeds the {n_features} features.")
     if chunk_rows is None:
         chunk_rows = stored_chunk_rows or max(1, (32 << 20) // (4 * n_features))
-    # rows in memory are coded in 4 pieces at least, so that the steady per-row cost is seen
+    # rows in memory are coded in 4 ranges at least, so that the steady per-row cost is seen
     step = stored_chunk_rows or max(1, min(chunk_rows, -(-n_rows // 4)))
-    pieces = [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+    ranges = [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
     rng = np.random.default_rng(random_state)
     atoms = rng.standard_normal((n_atoms, n_features)).astype(np.float32)
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    with runtime(client if client is not None else "local", verbose=progress) as rt:
-        slots = rt.lanes()
-        shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
+    with runtime(client if client is not None else "local", verbose=verbose) as rt:
+        results, t_wall, n_threads = _calibrate(rt, reader, ranges, atoms, n_nonzero)
+    return _make_plan(results, t_wall, n_threads, atoms, client, n_rows, chunk_rows, dict(
+        n_samples=int(n_samples), n_features=int(n_features), n_atoms=int(n_atoms),
+        n_nonzero=int(n_nonzero), n_workers=int(n_workers),
+        threads_per_worker=int(threads_per_worker), chunk_rows=int(chunk_rows)))
 
-        def one_round():
-            # a new dictionary object per round, as per iteration in a fit: the lanes of a
-            # round on one worker share its Gram matrix, and no round reuses the last one's
-            shared_atoms = rt.share(atoms.copy())
-            start_at = time.time() + 1.0
-            tasks = []
-            for worker in slots:
-                placement = {"workers": [worker], "allow_other_workers": False} if worker else {}
-                with dask.annotate(**placement):
-                    tasks.append(dask.delayed(_calibrate_lane, pure=False)(
-                        shared_reader, pieces, shared_atoms, n_nonzero, start_at))
-            begin = time.time()
-            results = rt.compute(*tasks)
-            return results, time.time() - max(begin, start_at)
 
-        one_round()  # loads the kernels and the data in every worker
-        results, t_wall = one_round()
-        _forget_worker_state(rt)  # as a fit does: the workers keep no Gram matrix afterwards
+def _make_plan(results: list[dict], t_wall: float, n_threads: int, atoms: np.ndarray,
+               client: Any, n_rows: int, chunk_rows: int, planned: dict) -> Plan:
+    """The plan from the calibration tasks' timings."""
     t_gram = float(np.median([r["t_gram"] for r in results]))
     t_row = max(float(np.median([r["t_row"] for r in results])), 1e-12)
-    # what the round took beyond its slowest lane: shipping the statistics back
-    t_gather = max(0.0, t_wall - max(r["t_lane"] for r in results)) / len(slots)
+    # what the round took beyond its slowest task: shipping the statistics back
+    t_gather = max(0.0, t_wall - max(r["t_task"] for r in results)) / n_threads
     t_driver, t_merge = _time_driver(atoms, results[0]["stats"])
     calibration = {"t_gram": t_gram, "t_row": t_row, "t_gather": t_gather,
                    "t_merge": t_merge, "t_driver": t_driver,
-                   "rows": int(n_rows), "threads": len(slots), "where": _where(client)}
-    seconds = _model(calibration, n_samples, n_workers, threads_per_worker)
-    arrays = _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads_per_worker)
+                   "rows": int(n_rows), "threads": n_threads, "where": _where(client)}
+    threads = planned["threads_per_worker"]
+    seconds = model_seconds(calibration, planned["n_samples"], planned["n_workers"], threads)
+    arrays = _arrays_per_worker(planned["n_atoms"], planned["n_features"],
+                                planned["n_nonzero"], chunk_rows, threads)
     peak = int(max(r["peak_rss"] for r in results))
-    # the calibration lanes held calibration_rows rows; a fit holds chunk_rows per thread
-    peak += max(0, chunk_rows - n_rows) * n_features * 4 * 2 * threads_per_worker
-    return Plan(n_samples=int(n_samples), n_features=int(n_features), n_atoms=int(n_atoms),
-                n_nonzero=int(n_nonzero), n_workers=int(n_workers),
-                threads_per_worker=int(threads_per_worker), chunk_rows=int(chunk_rows),
-                seconds_per_iteration=float(seconds), memory_per_worker_bytes=peak,
-                arrays_per_worker_bytes=arrays, calibration=calibration)
+    # the calibration tasks held calibration_rows rows; a fit holds chunk_rows per thread
+    peak += max(0, chunk_rows - n_rows) * planned["n_features"] * 4 * 2 * threads
+    return Plan(**planned, seconds_per_iteration=float(seconds),
+                memory_per_worker_bytes=peak, arrays_per_worker_bytes=arrays,
+                calibration=calibration)
 
 
 def _where(client: Any) -> str:
@@ -295,7 +342,7 @@ def _time_driver(atoms: np.ndarray, stats: dict, repeats: int = 3) -> tuple[floa
 
     def once(n_shares):
         begin = time.perf_counter()
-        merged = _merge_statistics([stats] * n_shares, n_worst)
+        merged = merge_statistics([stats] * n_shares, n_worst)
         new_atoms = approx_update(atoms, merged)
         replace_atoms(new_atoms, merged)
         return time.perf_counter() - begin
@@ -316,3 +363,12 @@ def _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads) -> d
         "correlations": CODE_ROWS * n_atoms * 4 * threads,
         "codes": chunk_rows * n_nonzero * 8 * threads,
     }
+
+
+def describe_plan(path: Path) -> dict:
+    """A summary of a saved plan."""
+    saved = Plan.load(path)
+    return {"kind": KIND, "summary": saved.summary(), **saved.to_dict()}
+
+
+formats.register(KIND, Plan.load, describe_plan)

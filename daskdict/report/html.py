@@ -1,11 +1,15 @@
 """Pictures of concepts and a static HTML report that works offline.
 
-- :func:`plot_atom_grid`: the top activating images of an atom with its themes (seed 000 Fig. 4).
+- :func:`plot_atom_grid`: the top activating images of an atom with its themes, as in
+  "Disentangling Concepts and Constructing Human-Compatible Explanations for Image
+  Embeddings" (Valentin et al.).
 - :func:`plot_training_curve`: relative error, FVU and dead atoms per iteration (model.history).
-- :func:`daskdict.evaluate.plot_autointerp`: the score histogram (seed 000 Fig. 3).
+- :func:`daskdict.evaluation.plot_autointerp`: that paper's score histogram.
 - :func:`write_report`: one HTML file listing every atom (sortable by frequency and score) with
   base64-embedded thumbnails, themes, top captions and an inline-SVG histogram of its
-  activations. A Content-Security-Policy allows only inline data: nothing is fetched.
+  activations. A Content-Security-Policy allows only inline data: nothing is fetched. It is
+  written under the writer rule (:func:`daskdict.io.formats.check_output`): never over an
+  input, and over an earlier daskdict report only with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from daskdict.errors import InvalidInputError
+from daskdict._version import __version__
+from daskdict.embedding.items import to_rgb
+from daskdict.errors import InvalidInputError, OutputNotWritableError
+from daskdict.evaluation.metrics import plot_autointerp
+from daskdict.io import formats
+from daskdict.io.atomic import write_text
+from daskdict.validation import check_positive_int
+
+# marks a report as daskdict's: only such a file is ever replaced (with overwrite=True)
+_GENERATOR = f'<meta name="generator" content="daskdict {__version__}">'
 
 
 def _image_at(images, row: int):
@@ -30,7 +43,7 @@ def _image_at(images, row: int):
 
 def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_images: int = 12,
                    n_columns: int = 4):
-    """The top activating images of one atom and its themes (seed 000, Fig. 4).
+    """The top activating images of one atom and its themes (the concept paper's grids).
 
     Parameters
     ----------
@@ -45,8 +58,6 @@ def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_im
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-
-    from daskdict.embedding.items import to_rgb
 
     row = explanations[atom]
     shown = row["top_rows"][:n_images]
@@ -103,9 +114,7 @@ def activation_histogram_svg(values: np.ndarray, *, bins: int = 16, width: int =
 
 
 def thumbnail_uri(image, size: int = 64) -> str:
-    """A PNG data: URI of an image (see :func:`daskdict._images.to_rgb`) scaled to fit."""
-    from daskdict.embedding.items import to_rgb
-
+    """A PNG data: URI of an image (see :func:`daskdict.embedding.items.to_rgb`) scaled to fit."""
     picture = to_rgb(image)  # a new image: thumbnail() below does not touch the caller's
     picture.thumbnail((size, size))
     buffer = io.BytesIO()
@@ -166,13 +175,14 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
                  images: Sequence | Callable | None = None, model=None, scores=None,
                  graph=None, graph_layer: int | None = None,
                  title: str = "daskdict concepts", n_thumbnails: int = 8,
-                 n_captions: int = 5) -> Path:
+                 n_captions: int = 5, overwrite: bool = False) -> Path:
     """Write a static, offline HTML report of every atom.
 
     Parameters
     ----------
     path : path
-        The ``.html`` file to write.
+        The ``.html`` file to write; never one of the inputs (the codes or store the
+        explanations were made from, a thumbnail's image file).
     explanations : Explanations
     codes : Codes, optional
         For each atom's activation histogram.
@@ -183,52 +193,103 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
     scores : AutoInterpScores, optional
         Adds the auto-interpretability summary and histogram.
     graph : ConceptGraph, optional
-        A fitted concept graph (seed 001) in which the explained atoms are the concepts of
-        layer ``graph_layer``: each atom gains its parents in the layer before (with the
-        final model's weight and its held-out AUC) and its children in the layer after, and
-        the report gains the graph's figures (parents per concept, ROC curves).
+        A fitted concept graph (as in "Dictionary Learning for Disentangling Concepts in
+        Vision Transformers") in which the explained atoms are the concepts of layer
+        ``graph_layer``: each atom gains its parents in the layer before (with the final
+        model's weight and its held-out AUC) and its children in the layer after, and the
+        report gains the graph's figures (parents per concept, ROC curves).
     graph_layer : int, optional
         The graph layer of the explained atoms (required with ``graph``).
     n_thumbnails, n_captions : int
         Per atom.
+    overwrite : bool, default=False
+        Replace a report that daskdict wrote at ``path`` (never any other file).
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    OutputNotWritableError
+        If ``path`` is an input, exists and is not a daskdict report, or exists and
+        ``overwrite`` is False.
     """
-    path = Path(path)
-    activations = _activations_by_atom(codes) if codes is not None else {}
+    n_thumbnails = check_positive_int("n_thumbnails", n_thumbnails, minimum=0)
+    n_captions = check_positive_int("n_captions", n_captions, minimum=0)
+    path = _check_report_output(path, explanations, images, n_thumbnails, overwrite)
     links = _graph_links(graph, graph_layer) if graph is not None else None
-    rows_html = []
-    for row in explanations:
-        atom = row["atom"]
-        label = "+".join(map(str, atom)) if isinstance(atom, list) else str(atom)
-        themes = "".join(f"<li>{html.escape(t)}</li>" for t in row["themes"])
-        themes = f'<ul class="themes">{themes}</ul>' if themes else (
-            f'<span class="muted">{html.escape(row["status"])}</span>')
-        captions = "".join(f"<li>{html.escape(c)}</li>" for c in row["top_captions"][:n_captions])
-        captions = (f"<details><summary>{len(row['top_captions'])} top captions</summary>"
-                    f"<ul>{captions}</ul></details>") if captions else ""
-        thumbs = ""
-        if images is not None:
-            thumbs = "".join(
-                f'<img alt="item {html.escape(str(item))}" '
-                f'src="{thumbnail_uri(_image_at(images, r))}">'
-                for r, item in zip(row["top_rows"][:n_thumbnails], row["top_items"],
-                                   strict=False))
-        histogram = (activation_histogram_svg(activations.get(atom, np.zeros(0)))
-                     if codes is not None and not isinstance(atom, list) else "")
-        score = row["score"] if row["score"] == row["score"] else float("nan")
-        score_text = "" if np.isnan(score) else f"{score:.3g}"
-        rows_html.append(
-            f'<tr class="atom" data-atom="{html.escape(label)}" data-frequency='
+    activations = _activations_by_atom(codes) if codes is not None else None
+    rows_html = [_atom_html(row, activations, links, images, n_thumbnails, n_captions)
+                 for row in explanations]
+    figures, summary = _figures(graph, graph_layer, model, scores)
+    document = _document(title, explanations, summary, figures, rows_html, links is not None)
+    write_text(path, document)
+    return path
+
+
+def _check_report_output(path, explanations, images, n_thumbnails: int,
+                         overwrite: bool) -> Path:
+    """The writer rule for a report; the inputs are the explanations' sources and images."""
+    meta = getattr(explanations, "meta", {})
+    inputs = [*getattr(explanations, "sources", []), meta.get("source")]
+    if images is not None and not callable(images):
+        shown = {r for row in explanations for r in row["top_rows"][:n_thumbnails]}
+        inputs += [images[r] for r in sorted(shown) if 0 <= r < len(images)
+                   and isinstance(images[r], str | os.PathLike)]
+    inputs = [i for i in inputs if i]
+    # first the inputs, the kind and the rights; then whose file it is; then overwrite
+    path = formats.check_output(path, "report", inputs=inputs, overwrite=True, file=True)
+    if path.is_file() and not _is_daskdict_report(path):
+        raise OutputNotWritableError(
+            f"Cannot write the report {str(path)!r}: it holds a file that is not a daskdict "
+            "report; it is never replaced. Choose another output path.")
+    return formats.check_output(path, "report", inputs=inputs, overwrite=overwrite, file=True)
+
+
+def _is_daskdict_report(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return '<meta name="generator" content="daskdict' in handle.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _atom_html(row: dict, activations: dict | None, links: dict | None, images,
+               n_thumbnails: int, n_captions: int) -> str:
+    """One table row of the report: an atom's numbers, themes, thumbnails and captions."""
+    atom = row["atom"]
+    label = "+".join(map(str, atom)) if isinstance(atom, list) else str(atom)
+    themes = "".join(f"<li>{html.escape(t)}</li>" for t in row["themes"])
+    themes = f'<ul class="themes">{themes}</ul>' if themes else (
+        f'<span class="muted">{html.escape(row["status"])}</span>')
+    captions = "".join(f"<li>{html.escape(c)}</li>" for c in row["top_captions"][:n_captions])
+    captions = (f"<details><summary>{len(row['top_captions'])} top captions</summary>"
+                f"<ul>{captions}</ul></details>") if captions else ""
+    thumbs = ""
+    if images is not None:
+        thumbs = "".join(
+            f'<img alt="item {html.escape(str(item))}" '
+            f'src="{thumbnail_uri(_image_at(images, r))}">'
+            for r, item in zip(row["top_rows"][:n_thumbnails], row["top_items"], strict=False))
+    histogram = (activation_histogram_svg(activations.get(atom, np.zeros(0)))
+                 if activations is not None and not isinstance(atom, list) else "")
+    score = row["score"] if row["score"] == row["score"] else float("nan")
+    score_text = "" if np.isnan(score) else f"{score:.3g}"
+    graph_cell = ""
+    if links is not None:
+        graph_cell = f"<td>{'' if isinstance(atom, list) else links.get(atom, '')}</td>"
+    return (f'<tr class="atom" data-atom="{html.escape(label)}" data-frequency='
             f'"{row["frequency"]:.9g}" data-score="{score if not np.isnan(score) else "NaN"}">'
             f"<td>{html.escape(label)}</td><td>{row['n_active']} "
             f'<span class="muted">({100 * row["frequency"]:.2f}%)</span></td>'
             f"<td>{score_text}</td><td>{themes}<div>{html.escape(row['summary'])}</div></td>"
             f'<td class="thumbs">{thumbs}</td><td>{captions}</td><td>{histogram}</td>'
-            + (f"<td>{'' if isinstance(atom, list) else links.get(atom, '')}</td>"
-               if links is not None else "") + "</tr>")
+            f"{graph_cell}</tr>")
+
+
+def _figures(graph, graph_layer, model, scores) -> tuple[list[tuple[str, str]], str]:
+    """The report's figures (name, data: URI) and the auto-interpretability summary."""
     figures = []
     if graph is not None and graph_layer >= 1:  # layer 0 has no parents
         figures.append(("concept graph: parents per concept",
@@ -239,12 +300,16 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
         figures.append(("training curve", figure_uri(plot_training_curve(model))))
     summary = ""
     if scores is not None:
-        from daskdict.evaluation.metrics import plot_autointerp
-
         figures.append(("auto-interpretability", figure_uri(plot_autointerp(scores))))
         summary = "<ul>" + "".join(
             f"<li>{html.escape(kind)}: mean cosine {v['mean_cosine']:.4f}, mean CLIPScore "
             f"{v['mean_clipscore']:.4f}</li>" for kind, v in scores.summary().items()) + "</ul>"
+    return figures, summary
+
+
+def _document(title: str, explanations, summary: str, figures: list[tuple[str, str]],
+              rows_html: list[str], with_graph: bool) -> str:
+    """The whole HTML page, with its Content-Security-Policy."""
     figure_html = "".join(f'<img class="figure" alt="{html.escape(name)}" src="{uri}">'
                           for name, uri in figures)
     script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
@@ -253,8 +318,9 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
     meta = html.escape(json.dumps({k: v for k, v in explanations.meta.items()
                                    if isinstance(v, str | int | float)}))
     method = html.escape(str(explanations.meta.get("method", "?")))
-    document = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+{_GENERATOR}
 <meta http-equiv="Content-Security-Policy" content="{policy}">
 <meta name="referrer" content="no-referrer">
 <title>{html.escape(title)}</title><style>{_STYLE}</style></head>
@@ -265,16 +331,13 @@ Click <i>active items</i> or <i>score</i> to sort. <span class="muted">{meta}</s
 {summary}{figure_html}
 <table id="atoms"><thead><tr><th>concept</th><th data-key="frequency">active items</th>
 <th data-key="score">score</th><th>themes</th><th>top items</th><th>captions</th>
-<th>activations</th>{"<th>concept graph</th>" if links is not None else ""}</tr></thead>
+<th>activations</th>{"<th>concept graph</th>" if with_graph else ""}</tr></thead>
 <tbody>
 {"".join(rows_html)}
 </tbody></table>
 <script>{_SCRIPT}</script>
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(document, encoding="utf-8")
-    return path
 
 
 def _figure_of(plotted):
@@ -284,8 +347,6 @@ def _figure_of(plotted):
 
 def _graph_links(graph, layer: int | None) -> dict[int, str]:
     """Per concept of ``layer``, HTML naming its parents (layer - 1) and children (layer + 1)."""
-    from daskdict.errors import InvalidInputError
-
     n_layers = len(graph.n_concepts_)
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
         raise InvalidInputError(

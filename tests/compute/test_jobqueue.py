@@ -20,7 +20,9 @@ import daskdict
 from daskdict.datasets.planted import write_planted_store
 from daskdict.errors import InvalidInputError
 
-FIT = dict(n_atoms=256, n_nonzero=6, n_iter=6, random_state=0, progress=False)
+pytestmark = [pytest.mark.slurm, pytest.mark.cluster]
+
+FIT = dict(n_atoms=256, n_nonzero=6, n_iter=6, random_state=0, verbose=False)
 
 
 def _slurm_problem() -> str | None:

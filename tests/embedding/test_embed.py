@@ -24,13 +24,14 @@ import zarr
 
 import daskdict
 from daskdict.cli.app import main as cli_main
+from daskdict.embedding import backbone as backbone_module
 from daskdict.errors import (
     CheckpointMismatchError,
     InvalidInputError,
     OutputNotWritableError,
     StoreNotFoundError,
 )
-from daskdict.io.store import open_rows
+from daskdict.io.reads import open_rows
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "embed_killable.py"
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -235,10 +236,10 @@ def test_rows_equal_a_direct_forward_pass(tmp_path, tiny_model, image_folder, ki
     if kind == "beit":  # no family rule: mean of tokens and the pooler output, with a warning
         with pytest.warns(UserWarning, match="no rule for the model family 'beit'"):
             store = daskdict.embed(image_folder, tmp_path / "s.zarr", model=model,
-                                   batch_size=3, chunk_rows=4, progress=False)
+                                   batch_size=3, chunk_rows=4, verbose=False)
     else:
         store = daskdict.embed(image_folder, tmp_path / "s.zarr", model=model, batch_size=3,
-                               chunk_rows=4, progress=False)
+                               chunk_rows=4, verbose=False)
     ids = list(store.ids)
     assert ids == sorted(ids) and len(ids) == 7 and "sub/img_00.jpg" in ids
     assert (np.asarray(store.group["items/error"][...]) == "").all()
@@ -257,10 +258,10 @@ def test_rows_equal_a_direct_forward_pass(tmp_path, tiny_model, image_folder, ki
 
 def test_layer_selection(tmp_path, tiny_model, image_folder):
     store = daskdict.embed(image_folder, tmp_path / "s.zarr", model=tiny_model("vit"),
-                           layers=["final", -1, "hidden_00"], progress=False)
+                           layers=["final", -1, "hidden_00"], verbose=False)
     assert store.layer_names == ["final", "hidden_00", "hidden_02"]
     full = daskdict.embed(image_folder, tmp_path / "full.zarr", model=tiny_model("vit"),
-                          progress=False)
+                          verbose=False)
     for name in store.layer_names:
         np.testing.assert_allclose(store.layer_array(name)[...], full.layer_array(name)[...],
                                    rtol=RTOL, atol=ATOL)
@@ -269,7 +270,7 @@ def test_layer_selection(tmp_path, tiny_model, image_folder):
 def test_every_source_kind_gives_the_same_rows(tmp_path, tiny_model, image_folder):
     model = tiny_model("clip_projection")
     reference = daskdict.embed(image_folder, tmp_path / "ref.zarr", model=model,
-                               layers="final", progress=False)
+                               layers="final", verbose=False)
     ids = list(reference.ids)
     expected = reference.layer_array("final")[...]
     files = [image_folder / i for i in ids]
@@ -299,7 +300,7 @@ def test_every_source_kind_gives_the_same_rows(tmp_path, tiny_model, image_folde
     }
     for name, (images, expected_ids, expected_captions) in sources.items():
         store = daskdict.embed(images, tmp_path / f"{name}.zarr", model=model, layers="final",
-                               progress=False)
+                               verbose=False)
         np.testing.assert_allclose(store.layer_array("final")[...], expected, rtol=RTOL,
                                    atol=ATOL, err_msg=name)
         assert list(store.ids) == expected_ids, name
@@ -314,14 +315,14 @@ def test_stack_of_arrays_and_single_images(tmp_path, tiny_model):
     stack = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     model = tiny_model("vit")
     whole = daskdict.embed(stack, tmp_path / "stack.zarr", model=model, layers="final",
-                           progress=False)
+                           verbose=False)
     assert list(whole.ids) == [0, 1, 2, 3, 4]
     floats = daskdict.embed(list(stack.astype(np.float64) / 255), tmp_path / "f.zarr",
-                            model=model, layers="final", progress=False)
+                            model=model, layers="final", verbose=False)
     np.testing.assert_allclose(floats.layer_array("final")[...], whole.layer_array("final")[...],
                                rtol=RTOL, atol=ATOL)
     one = daskdict.embed(stack[2], tmp_path / "one.zarr", model=model, layers="final",
-                         progress=False)
+                         verbose=False)
     np.testing.assert_allclose(one.layer_array("final")[...], whole.layer_array("final")[2:3],
                                rtol=RTOL, atol=ATOL)
 
@@ -334,7 +335,7 @@ def test_captions_from_a_manifest_matched_by_path(tmp_path, tiny_model, image_fo
     manifest.write_text("path,caption\n" + "\n".join(lines) + "\n")
     with pytest.warns(UserWarning, match="1 of 7 images have no caption"):
         store = daskdict.embed(image_folder, tmp_path / "s.zarr", model=tiny_model("vit"),
-                               captions=manifest, layers="final", progress=False)
+                               captions=manifest, layers="final", verbose=False)
     assert list(store.captions) == [""] + [f"a picture of {Path(i).stem}" for i in ids[1:]]
 
 
@@ -345,7 +346,7 @@ def test_corrupt_files_are_flagged_and_fit_skips_them(tmp_path, tiny_model, corr
     folder, corrupt = corrupt_folder
     with pytest.warns(UserWarning, match="3 of 23 images could not be read"):
         store = daskdict.embed(folder, tmp_path / "s.zarr", model=tiny_model("clip_projection"),
-                               batch_size=4, chunk_rows=8, progress=False)
+                               batch_size=4, chunk_rows=8, verbose=False)
     errors = np.asarray(store.group["items/error"][...])
     flagged = [str(i) for i, e in zip(store.ids, errors, strict=True) if e]
     assert flagged == corrupt
@@ -357,7 +358,7 @@ def test_corrupt_files_are_flagged_and_fit_skips_them(tmp_path, tiny_model, corr
     assert store.attrs["embed"]["n_failed"] == 3
     # end to end: fit the final layer; the flagged (zero) rows are left out
     model = daskdict.fit(store.path, n_atoms=6, n_nonzero=2, n_iter=3, layer="final",
-                         client="threads", random_state=0, progress=False)
+                         client="threads", random_state=0, verbose=False)
     assert model.fingerprint["shape"] == [20, 16]
     assert model.fingerprint["skipped_rows"] == 3
     assert model.atoms.shape == (6, 16) and np.isfinite(model.atoms).all()
@@ -374,7 +375,7 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_model, corrupt_fold
     model = tiny_model("clip_projection")
     with pytest.warns(UserWarning, match="could not be read"):
         reference = daskdict.embed(folder, tmp_path / "ref.zarr", model=model, chunk_rows=4,
-                                   batch_size=2, num_workers=1, progress=False)
+                                   batch_size=2, num_workers=1, verbose=False)
     killed = tmp_path / "killed.zarr"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(folder), str(killed), model,
                              "--throttle", "0.05"], stdout=subprocess.PIPE,
@@ -396,14 +397,14 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_model, corrupt_fold
     assert 8 <= done_at_kill < 23, done_at_kill
     with pytest.warns(UserWarning, match="could not be read"):
         resumed = daskdict.embed(folder, killed, model=model, chunk_rows=4, batch_size=2,
-                                 num_workers=1, progress=False)
+                                 num_workers=1, verbose=False)
     assert_same_store(resumed, reference)
     assert not list(killed.rglob("*.partial"))
 
 
 def test_rows_past_the_counter_are_rewritten(tmp_path, tiny_model, image_folder):
     model = tiny_model("vit")
-    kwargs = dict(model=model, chunk_rows=2, batch_size=2, progress=False)
+    kwargs = dict(model=model, chunk_rows=2, batch_size=2, verbose=False)
     reference = daskdict.embed(image_folder, tmp_path / "ref.zarr", **kwargs)
     path = tmp_path / "s.zarr"
     daskdict.embed(image_folder, path, **kwargs)
@@ -422,34 +423,38 @@ def test_rows_past_the_counter_are_rewritten(tmp_path, tiny_model, image_folder)
 
 def test_finished_store_is_returned_without_work(tmp_path, tiny_model, image_folder):
     path = tmp_path / "s.zarr"
-    daskdict.embed(image_folder, path, model=tiny_model("vit"), progress=False)
+    daskdict.embed(image_folder, path, model=tiny_model("vit"), verbose=False)
     before = tree_hashes(path)
-    daskdict.embed(image_folder, path, model=tiny_model("vit"), progress=False)
+    daskdict.embed(image_folder, path, model=tiny_model("vit"), verbose=False)
     assert tree_hashes(path) == before
 
 
 def test_resume_refuses_another_run(tmp_path, tiny_model, image_folder):
     path = tmp_path / "s.zarr"
-    daskdict.embed(image_folder, path, model=tiny_model("vit"), layers="final", progress=False)
+    daskdict.embed(image_folder, path, model=tiny_model("vit"), layers="final", verbose=False)
     with pytest.raises(CheckpointMismatchError, match="layers"):
-        daskdict.embed(image_folder, path, model=tiny_model("vit"), progress=False)
+        daskdict.embed(image_folder, path, model=tiny_model("vit"), verbose=False)
     with pytest.raises(CheckpointMismatchError, match="model"):
         daskdict.embed(image_folder, path, model=tiny_model("dinov2"), layers="final",
-                       progress=False)
+                       verbose=False)
     with pytest.raises(CheckpointMismatchError, match="other images"):
         daskdict.embed(image_folder / "sub", path, model=tiny_model("vit"), layers="final",
-                       progress=False)
+                       verbose=False)
     store = daskdict.embed(image_folder, path, model=tiny_model("vit"), resume=False,
-                           progress=False)
+                           verbose=False)
     assert store.layer_names == ["final", "hidden_00", "hidden_01", "hidden_02"]
-    # a folder that embed did not write is never replaced
+
+
+def test_a_store_embed_did_not_write_is_never_replaced(tmp_path, tiny_model, image_folder):
     other = tmp_path / "other.zarr"
     daskdict.create_store(other, {"final": np.ones((3, 2), dtype=np.float32)})
-    with pytest.raises(CheckpointMismatchError, match=r"not written by daskdict\.embed"):
-        daskdict.embed(image_folder, other, model=tiny_model("vit"), progress=False)
-    with pytest.raises(OutputNotWritableError, match=r"not written by daskdict\.embed"):
-        daskdict.embed(image_folder, other, model=tiny_model("vit"), resume=False,
-                       progress=False)
+    before = tree_hashes(other)
+    # refused before the model loads: this model path would fail to load
+    for resume in (True, False):
+        with pytest.raises(OutputNotWritableError, match=r"not written by daskdict\.embed"):
+            daskdict.embed(image_folder, other, model=str(tmp_path / "no-model"),
+                           resume=resume, verbose=False)
+    assert tree_hashes(other) == before
 
 
 def test_out_of_memory_halves_the_batch(tmp_path, tiny_model, image_folder, monkeypatch):
@@ -457,8 +462,8 @@ def test_out_of_memory_halves_the_batch(tmp_path, tiny_model, image_folder, monk
 
     model = tiny_model("vit")
     reference = daskdict.embed(image_folder, tmp_path / "ref.zarr", model=model, batch_size=4,
-                               progress=False)
-    backbone_class = sys.modules["daskdict.embedding.run"].Backbone
+                               verbose=False)
+    backbone_class = backbone_module.Backbone
     real_vectors = backbone_class.vectors
     sizes = []
 
@@ -471,7 +476,7 @@ def test_out_of_memory_halves_the_batch(tmp_path, tiny_model, image_folder, monk
     monkeypatch.setattr(backbone_class, "vectors", vectors)
     with pytest.warns(UserWarning, match="Out of memory at batch size 4"):
         store = daskdict.embed(image_folder, tmp_path / "s.zarr", model=model, batch_size=4,
-                               progress=False)
+                               verbose=False)
     # the probe (1 image), then batches of 4 and 3 images run as 2 + 2 and 2 + 1
     assert sizes == [1, 4, 2, 2, 2, 1]
     for name in store.layer_names:
@@ -505,7 +510,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, tiny_model, image_folder):
          dict(images=image_folder, model=tiny_model("resnet"))),
     ]
     for error, message, kwargs in cases:
-        kwargs = {"store": out, "model": vit, "progress": False, **kwargs}
+        kwargs = {"store": out, "model": vit, "verbose": False, **kwargs}
         with pytest.raises(error, match=message):
             daskdict.embed(**kwargs)
         assert not out.exists(), kwargs
@@ -516,8 +521,8 @@ def test_input_is_never_modified(tmp_path, tiny_model, image_folder):
     arrays = [np.random.default_rng(0).random((20, 30, 3)) for _ in range(3)]
     copies = [a.copy() for a in arrays]
     images = list(arrays)
-    daskdict.embed(image_folder, tmp_path / "a.zarr", model=tiny_model("vit"), progress=False)
-    daskdict.embed(images, tmp_path / "b.zarr", model=tiny_model("vit"), progress=False)
+    daskdict.embed(image_folder, tmp_path / "a.zarr", model=tiny_model("vit"), verbose=False)
+    daskdict.embed(images, tmp_path / "b.zarr", model=tiny_model("vit"), verbose=False)
     assert tree_hashes(image_folder) == before
     assert len(images) == 3 and all(x is y for x, y in zip(images, arrays, strict=True))
     for a, c in zip(arrays, copies, strict=True):
@@ -603,7 +608,7 @@ def test_fit_ignores_flagged_rows(tmp_path, rng):
     daskdict.create_store(tmp_path / "plain.zarr", {"final": np.delete(data, flagged, axis=0)},
                           chunk_rows=100)
     kwargs = dict(n_atoms=12, n_nonzero=2, n_iter=3, client="threads", random_state=0,
-                  progress=False)
+                  verbose=False)
     skipped = daskdict.fit(tmp_path / "flagged.zarr", **kwargs)
     plain = daskdict.fit(tmp_path / "plain.zarr", **kwargs)
     np.testing.assert_array_equal(skipped.atoms, plain.atoms)
@@ -620,7 +625,7 @@ def test_every_row_flagged_is_a_clear_error(tmp_path, rng):
     _flagged_store(tmp_path / "s.zarr", rng, list(range(50)), n=50, chunk_rows=20)
     with pytest.raises(InvalidInputError, match=r"All 50 rows .* are flagged"):
         daskdict.fit(tmp_path / "s.zarr", n_atoms=4, n_nonzero=1, client="threads",
-                     progress=False)
+                     verbose=False)
 
 
 # --------------------------------------------------------------------------- a real model
@@ -643,7 +648,81 @@ def test_a_hub_model_by_name(tmp_path, image_folder):
                     "hf-internal-testing/tiny-random-CLIPModel (offline here)")
     name = "hf-internal-testing/tiny-random-CLIPModel"
     store = daskdict.embed(image_folder, tmp_path / "s.zarr", model=name, layers="final",
-                           progress=False)
+                           verbose=False)
     _, final = _direct_forward("clip", name,
                                     [_open_rgb(image_folder / i) for i in store.ids])
     np.testing.assert_allclose(store.layer_array("final")[...], final, rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------- the writer rule
+
+
+def test_output_that_is_an_input_is_refused_before_any_work(tmp_path, tiny_model,
+                                                             image_folder):
+    manifest = tmp_path / "captions.csv"
+    manifest.write_text("path,caption\n" + "".join(
+        f"{p},{p.stem}\n" for p in sorted(image_folder.rglob("img_*"))))
+    model = Path(tiny_model("vit"))
+    before = {root: tree_hashes(root) for root in (image_folder, model)}
+    manifest_bytes = manifest.read_bytes()
+    cases = [
+        dict(images=image_folder, store=image_folder),
+        dict(images=image_folder, store=image_folder / "inside.zarr"),
+        dict(images=image_folder, captions=manifest, store=manifest),
+        dict(images=image_folder, store=model),
+        dict(images=image_folder, store=model / "embeddings.zarr"),
+    ]
+    for kwargs in cases:
+        with pytest.raises(OutputNotWritableError, match="is the input"):
+            daskdict.embed(model=str(model), verbose=False, **kwargs)
+    assert not (image_folder / "inside.zarr").exists()
+    assert not (model / "embeddings.zarr").exists()
+    assert {root: tree_hashes(root) for root in before} == before
+    assert manifest.read_bytes() == manifest_bytes
+
+
+def test_other_outputs_are_refused_before_the_model_loads(tmp_path, image_folder, rng):
+    a_file = tmp_path / "notes.zarr"
+    a_file.write_text("not a store")
+    dictionary = daskdict.Dictionary(np.eye(4)).save(tmp_path / "dictionary.zarr")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "keep.txt").write_text("mine")
+    for target in (a_file, dictionary, plain):
+        before = tree_hashes(target) if target.is_dir() else target.read_bytes()
+        for resume in (True, False):
+            with pytest.raises(OutputNotWritableError):
+                daskdict.embed(image_folder, target, model=str(tmp_path / "no-model"),
+                               resume=resume, verbose=False)
+        assert (tree_hashes(target) if target.is_dir() else target.read_bytes()) == before
+
+
+def test_store_header_comes_from_formats(tmp_path, tiny_model, image_folder):
+    from daskdict.io import formats
+
+    path = tmp_path / "s.zarr"
+    daskdict.embed(image_folder, path, model=tiny_model("vit"), layers="final", verbose=False)
+    header = formats.read_header(path)
+    assert header["kind"] == "embedding store"
+    assert header["format"] == formats.FORMAT_VERSION
+    assert header["version"] == daskdict.__version__
+    assert header["embed"]["complete"] and header["n_items"] == 7
+
+
+def test_verbose_is_checked(tmp_path, tiny_model, image_folder):
+    path = tmp_path / "s.zarr"
+    with pytest.raises(InvalidInputError, match="verbose"):
+        daskdict.embed(image_folder, path, model=tiny_model("vit"), verbose="no")
+    assert not path.exists()
+    daskdict.embed(image_folder, path, model=tiny_model("vit"), layers="final", verbose=False)
+    assert daskdict.open_store(path).n_items == 7
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_an_output_that_cannot_be_created_is_refused_before_the_model_loads(tmp_path,
+                                                                           image_folder):
+    # nothing can be created in /proc, although its permission bits say yes to root
+    out = Path("/proc/daskdict-embed-test.zarr")
+    with pytest.raises(OutputNotWritableError, match="daskdict-embed-test"):
+        daskdict.embed(image_folder, out, model=str(tmp_path / "no-model"), verbose=False)
+    assert not out.exists()

@@ -1,4 +1,4 @@
-"""The concept graph between layers (seed 001): recovery, reproducibility, resume, inference."""
+"""The concept graph between layers: recovery, reproducibility, resume, inference, formats."""
 
 import json
 import sys
@@ -10,11 +10,17 @@ import sparse
 
 import daskdict
 from daskdict import cli
-from daskdict.errors import CheckpointMismatchError, InvalidInputError
+from daskdict.errors import (
+    CheckpointMismatchError,
+    InvalidInputError,
+)
 from daskdict.evaluation.metrics import align_atoms
+from daskdict.graph import ConceptGraph
 from daskdict.graph import estimator as graph_module
-from daskdict.graph.estimator import ConceptGraph, as_code_matrix, fit_layers
+from daskdict.graph.fitting import roc_curve_points
+from daskdict.graph.inputs import as_code_matrix
 from daskdict.graph.planted import edge_scores, make_planted_graph, write_planted_layers_store
+from daskdict.learn.layers import fit_layers
 
 N_SAMPLES = 3000
 LAYERS = (40, 40, 40)
@@ -138,8 +144,6 @@ def test_code_types_give_the_same_matrix(planted):
 def test_roc_points_match_scikit_learn(rng):
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from daskdict.graph.estimator import roc_curve_points
-
     scores = rng.integers(0, 6, 400) / 5.0  # many ties, as constant-intercept models give
     labels = rng.random(400) < 0.1 + 0.6 * scores
     fpr, tpr = roc_curve_points(scores, labels)
@@ -169,7 +173,7 @@ def test_save_load_round_trip(fitted, planted, tmp_path):
 
 def test_load_refuses_other_groups(tmp_path):
     daskdict.Dictionary(np.eye(8)).save(tmp_path / "d.zarr")
-    with pytest.raises(InvalidInputError, match="concept_graph"):
+    with pytest.raises(InvalidInputError, match="concept graph"):
         ConceptGraph.load(tmp_path / "d.zarr")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ConceptGraph.load(tmp_path / "missing.zarr")
@@ -270,23 +274,23 @@ def test_predict_sample_mode(fitted, planted):
 def test_intervene_changes_only_children(fitted, planted):
     layer, concept = 1, next(c for c in range(LAYERS[1])
                              if any(concept_has_parent(fitted, 2, c)))
-    changes = fitted.intervene(concept, layer, True, planted.codes[0])
+    changes = fitted.intervene(layer, concept, True, planted.codes[0])
     changed_layers = np.asarray(changes["layer"])
     assert (changed_layers == 2).all() and changed_layers.size > 0
     for child in np.asarray(changes["concept"]):
         assert concept in fitted.parents(2, int(child))
     assert np.asarray(changes["n_turned_on"]).sum() > 0
-    off = fitted.intervene(concept, layer, False, planted.codes[0])
+    off = fitted.intervene(layer, concept, False, planted.codes[0])
     assert np.asarray(off["n_turned_off"]).sum() > np.asarray(off["n_turned_on"]).sum()
     # forcing a layer-0 concept reaches its children in layer 1, and only them
     root = int(fitted.parents(1, int(np.flatnonzero(
         np.asarray(fitted.metrics_["n_parents"])[:LAYERS[1]])[0]))[0])
-    changes = fitted.intervene(root, 0, True, planted.codes[0])
+    changes = fitted.intervene(0, root, True, planted.codes[0])
     in_layer_1 = np.asarray(changes["concept"])[np.asarray(changes["layer"]) == 1]
     assert in_layer_1.size > 0
     assert all(root in fitted.parents(1, int(c)) for c in in_layer_1)
     # in sample mode both runs share their draws: only the intervention differs
-    sampled = fitted.intervene(concept, layer, True, planted.codes[0], mode="sample",
+    sampled = fitted.intervene(layer, concept, True, planted.codes[0], mode="sample",
                                random_state=0)
     for child in np.asarray(sampled["concept"]):
         assert concept in fitted.parents(2, int(child))
@@ -300,6 +304,7 @@ def concept_has_parent(graph, layer, parent):
 
 
 def test_edges_and_networkx(fitted):
+    pytest.importorskip("networkx", reason="to_networkx needs networkx (the graph extra)")
     edges = fitted.edges()
     assert len(edges["parent"]) == int(np.asarray(fitted.metrics_["n_parents"]).sum())
     nx_graph = fitted.to_networkx()
@@ -313,7 +318,7 @@ def test_edges_and_networkx(fitted):
 
 def test_to_networkx_without_networkx(fitted, monkeypatch):
     monkeypatch.setitem(sys.modules, "networkx", None)
-    with pytest.raises(ImportError, match="pip install networkx"):
+    with pytest.raises(ImportError, match=r"pip install 'daskdict\[graph\]'"):
         fitted.to_networkx()
 
 
@@ -370,6 +375,8 @@ def test_bad_queries(fitted, planted):
         fitted.predict(planted.codes[0], mode="max")
     with pytest.raises(InvalidInputError, match="on to be True or False"):
         fitted.intervene(1, 1, "on", planted.codes[0])
+    with pytest.raises(InvalidInputError, match="mode to be one of"):
+        fitted.intervene(1, 1, True, planted.codes[0], mode="max")
     with pytest.raises(InvalidInputError, match="held_out"):
         fitted.score_predictions([c[:100] for c in planted.codes])
     from sklearn.exceptions import NotFittedError
@@ -387,7 +394,7 @@ def test_planted_store_to_graph_end_to_end(tmp_path):
     _, planted = write_planted_layers_store(path, 4000, (40, 40, 40), 48, 3, snr_db=30.0,
                                             random_state=0)
     dictionaries, codes = fit_layers(path, n_atoms=40, n_nonzero=3, n_iter=50, random_state=0,
-                                     client="threads", progress=False)
+                                     client="threads", verbose=False)
     assert list(codes) == ["hidden_00", "hidden_01", "hidden_02"]
     assert all(isinstance(c, daskdict.Codes) for c in codes.values())
     aligned = [align_atoms(atoms, d.atoms)

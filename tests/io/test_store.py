@@ -3,18 +3,19 @@ import numpy as np
 import pytest
 import zarr
 
-import daskdict
-from daskdict.io.store import as_dask_array
+import daskdict.io as dio
+from daskdict.errors import CorruptChunkError, InvalidInputError, OutputNotWritableError
+from daskdict.io import as_dask_array
 
 
 def test_create_and_open_store(tmp_path, rng):
     final = rng.standard_normal((250, 12)).astype(np.float32)
     hidden = rng.standard_normal((250, 5))
     captions = [f"a photo of thing {i}" for i in range(250)]
-    store = daskdict.create_store(tmp_path / "e.zarr", {"final": final, "hidden_00": hidden},
+    store = dio.create_store(tmp_path / "e.zarr", {"final": final, "hidden_00": hidden},
                                   captions=captions, ids=[f"img{i}.jpg" for i in range(250)],
                                   model="test-model", chunk_rows=100)
-    reopened = daskdict.open_store(tmp_path / "e.zarr")
+    reopened = dio.open_store(tmp_path / "e.zarr")
     assert reopened.layer_names == ["final", "hidden_00"]
     assert reopened.n_items == 250
     assert reopened.attrs["format"] == 1 and reopened.attrs["model"] == "test-model"
@@ -30,10 +31,10 @@ def test_create_and_open_store(tmp_path, rng):
 
 def test_create_store_from_dask_and_refuses_overwrite(tmp_path, rng):
     data = da.from_array(rng.standard_normal((90, 4)), chunks=(40, 4))
-    daskdict.create_store(tmp_path / "d.zarr", {"final": data}, chunk_rows=30)
-    with pytest.raises(FileExistsError):
-        daskdict.create_store(tmp_path / "d.zarr", {"final": data})
-    store = daskdict.create_store(tmp_path / "d.zarr", {"final": data[:10]}, overwrite=True)
+    dio.create_store(tmp_path / "d.zarr", {"final": data}, chunk_rows=30)
+    with pytest.raises(OutputNotWritableError, match="overwrite=True"):
+        dio.create_store(tmp_path / "d.zarr", {"final": data})
+    store = dio.create_store(tmp_path / "d.zarr", {"final": data[:10]}, overwrite=True)
     assert store.n_items == 10
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
@@ -41,7 +42,7 @@ def test_create_store_from_dask_and_refuses_overwrite(tmp_path, rng):
 @pytest.mark.parametrize("kind", ["path-array", "path-store", "zarr-array", "dask", "numpy"])
 def test_every_source_kind(tmp_path, rng, kind):
     data = rng.standard_normal((120, 6)).astype(np.float32)
-    daskdict.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=50)
+    dio.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=50)
     source = {
         "path-array": tmp_path / "s.zarr" / "layers" / "final",
         "path-store": tmp_path / "s.zarr",
@@ -57,9 +58,9 @@ def test_every_source_kind(tmp_path, rng, kind):
 
 
 def test_store_with_several_layers_needs_a_layer_unless_final(tmp_path, rng):
-    daskdict.create_store(tmp_path / "m.zarr", {"hidden_00": rng.standard_normal((20, 3)),
+    dio.create_store(tmp_path / "m.zarr", {"hidden_00": rng.standard_normal((20, 3)),
                                                 "hidden_01": rng.standard_normal((20, 3))})
-    with pytest.raises(daskdict.InvalidInputError, match="several layers"):
+    with pytest.raises(InvalidInputError, match="several layers"):
         as_dask_array(tmp_path / "m.zarr")
     _, description = as_dask_array(tmp_path / "m.zarr", layer="hidden_01")
     assert description["layer"] == "hidden_01"
@@ -67,17 +68,17 @@ def test_store_with_several_layers_needs_a_layer_unless_final(tmp_path, rng):
 
 def test_dask_array_chunked_along_features_is_rejected(rng):
     data = da.from_array(rng.standard_normal((20, 6)), chunks=(10, 3))
-    with pytest.raises(daskdict.InvalidInputError, match="rechunk"):
+    with pytest.raises(InvalidInputError, match="rechunk"):
         as_dask_array(data)
 
 
 def test_missing_chunk_file_is_an_error_not_zeros(tmp_path, rng):
     data = rng.standard_normal((300, 4)).astype(np.float32)
     data[100:200] = 0.0  # an all-zero chunk is still written
-    daskdict.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=100)
+    dio.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=100)
     assert as_dask_array(tmp_path / "s.zarr")[0].compute()[150].sum() == 0
     (tmp_path / "s.zarr" / "layers" / "final" / "c" / "2" / "0").unlink()
-    with pytest.raises(daskdict.CorruptChunkError, match="1 of the 3 chunks"):
+    with pytest.raises(CorruptChunkError, match="1 of the 3 chunks"):
         as_dask_array(tmp_path / "s.zarr")
 
 
@@ -87,10 +88,10 @@ def test_chunks_in_the_default_layout_are_read_directly_and_checked(tmp_path, rn
     Zarr, which names it; other layouts are read by Zarr."""
     from zarr.codecs import ZstdCodec
 
-    from daskdict.io.store import _read_plain_chunk, open_rows
+    from daskdict.io.reads import _read_plain_chunk, open_rows
 
     data = rng.standard_normal((250, 6)).astype(np.float32)
-    daskdict.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=100)
+    dio.create_store(tmp_path / "s.zarr", {"final": data}, chunk_rows=100)
     _, _, reader = open_rows(tmp_path / "s.zarr")
     assert reader._folder is not None
     for rows in [slice(0, 100), slice(100, 200), slice(130, 140), slice(200, 250),
@@ -109,7 +110,7 @@ def test_chunks_in_the_default_layout_are_read_directly_and_checked(tmp_path, rn
     chunk.write_bytes(bytes(raw))
     assert _read_plain_chunk(str(chunk.parent.parent.parent), "c/1/0", (100, 6),
                              np.dtype(np.float32)) is None
-    with pytest.raises(daskdict.CorruptChunkError, match="100–199"):
+    with pytest.raises(CorruptChunkError, match="100–199"):
         reader[100:200]
     packed = tmp_path / "packed.zarr"
     zarr.create_array(packed, shape=data.shape, chunks=(100, 6), dtype="float32",

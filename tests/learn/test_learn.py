@@ -12,10 +12,10 @@ from conftest import unit_rows
 from sklearn.linear_model import orthogonal_mp_gram
 
 import daskdict
-from daskdict.compute import runtime
+from daskdict.compute.runtime import Runtime
 from daskdict.datasets.planted import make_planted
 from daskdict.evaluation.metrics import recovered_fraction
-from daskdict.learn import training as learn
+from daskdict.learn import checkpoints, coding, shares, updates
 
 
 def _textbook_ksvd_iteration(y, atoms, n_nonzero):
@@ -43,7 +43,7 @@ def test_one_iteration_equals_textbook_ksvd(rng, n_nonzero):
     init = unit_rows(rng.standard_normal((40, 16)))
     model = daskdict.fit(planted.data, 40, n_nonzero, 1, update="ksvd", atom_batch_size=1,
                          shuffle_atoms=False, replace_atoms=False, init=init, dtype="float64",
-                         progress=False)
+                         verbose=False)
     expected = _textbook_ksvd_iteration(planted.data, init, n_nonzero)
     np.testing.assert_allclose(model.atoms, expected, atol=1e-10)
 
@@ -54,7 +54,7 @@ def test_approx_update_is_one_power_step(rng):
     y = planted.data
     init = unit_rows(rng.standard_normal((30, 12)))
     model = daskdict.fit(y, 30, 3, 1, replace_atoms=False, init=init, dtype="float64",
-                         progress=False)
+                         verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         x = orthogonal_mp_gram(init @ init.T, init @ y.T, n_nonzero_coefs=3).T
@@ -71,7 +71,7 @@ def test_approx_update_is_one_power_step(rng):
 def test_result_does_not_depend_on_chunking():
     planted = make_planted(3000, 16, 32, 3, 20.0, random_state=3)
     kwargs = dict(n_atoms=32, n_nonzero=3, n_iter=5, dtype="float64", random_state=7,
-                  progress=False, client="sync")
+                  verbose=False, client="sync")
     one = daskdict.fit(da.from_array(planted.data, chunks=(3000, 16)), **kwargs)
     many = daskdict.fit(da.from_array(planted.data, chunks=(700, 16)), **kwargs)
     np.testing.assert_allclose(one.atoms, many.atoms, atol=1e-8)
@@ -80,9 +80,9 @@ def test_result_does_not_depend_on_chunking():
 
 def test_reproducible_with_random_state_and_different_without():
     planted = make_planted(1500, 20, 50, 3, 20.0, random_state=4)
-    a = daskdict.fit(planted.data, 50, 3, 3, random_state=11, progress=False)
-    b = daskdict.fit(planted.data, 50, 3, 3, random_state=11, progress=False)
-    c = daskdict.fit(planted.data, 50, 3, 3, random_state=12, progress=False)
+    a = daskdict.fit(planted.data, 50, 3, 3, random_state=11, verbose=False)
+    b = daskdict.fit(planted.data, 50, 3, 3, random_state=11, verbose=False)
+    c = daskdict.fit(planted.data, 50, 3, 3, random_state=12, verbose=False)
     np.testing.assert_array_equal(a.atoms, b.atoms)
     assert not np.allclose(a.atoms, c.atoms)
 
@@ -90,14 +90,14 @@ def test_reproducible_with_random_state_and_different_without():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dtype_and_unit_atoms(dtype):
     planted = make_planted(800, 10, 20, 2, 30.0, random_state=5)
-    model = daskdict.fit(planted.data, 20, 2, 4, dtype=dtype, random_state=0, progress=False)
+    model = daskdict.fit(planted.data, 20, 2, 4, dtype=dtype, random_state=0, verbose=False)
     assert model.atoms.dtype == np.dtype(dtype)
     np.testing.assert_allclose(np.linalg.norm(model.atoms, axis=1), 1.0, atol=1e-5)
 
 
 def test_history_records_every_iteration():
     planted = make_planted(1500, 20, 50, 3, 20.0, random_state=6)
-    model = daskdict.fit(planted.data, 50, 3, 15, random_state=0, progress=False)
+    model = daskdict.fit(planted.data, 50, 3, 15, random_state=0, verbose=False)
     assert [h["iteration"] for h in model.history] == list(range(1, 16))
     errors = [h["relative_error"] for h in model.history]
     assert errors[-1] < 0.6 * errors[0]
@@ -110,10 +110,10 @@ def test_history_records_every_iteration():
 def test_history_error_matches_a_direct_computation():
     planted = make_planted(1000, 12, 24, 3, 20.0, random_state=8)
     model = daskdict.fit(planted.data, 24, 3, 2, replace_atoms=False, dtype="float64",
-                         random_state=0, progress=False)
+                         random_state=0, verbose=False)
     # iteration 2's coding step uses the atoms after iteration 1
     first = daskdict.fit(planted.data, 24, 3, 1, replace_atoms=False, dtype="float64",
-                         random_state=0, progress=False)
+                         random_state=0, verbose=False)
     codes = first.encode(planted.data)
     y, recon = planted.data, first.reconstruct(codes)
     rel = np.linalg.norm(y - recon) / np.linalg.norm(y)
@@ -128,7 +128,7 @@ def test_unused_and_duplicate_atoms_are_replaced(rng):
     init[1] = init[0]  # a duplicate
     init[2] = unit_rows(np.ones((1, 12)))[0] * 1e-3 + init[0]  # nearly the same again
     init = unit_rows(init)
-    model = daskdict.fit(planted.data, 20, 2, 1, init=init, random_state=0, progress=False,
+    model = daskdict.fit(planted.data, 20, 2, 1, init=init, random_state=0, verbose=False,
                          update="approx")
     gram = np.abs(model.atoms @ model.atoms.T)
     np.fill_diagonal(gram, 0)
@@ -144,7 +144,8 @@ def _replace_atoms_reference(atoms, stats):
     np.fill_diagonal(coherence, 0.0)
     replaced = 0
     for j in range(len(atoms)):
-        if stats["usage"][j] >= learn.MIN_ATOM_USAGE and coherence[j].max() <= learn.MAX_COHERENCE:
+        if (stats["usage"][j] >= updates.MIN_ATOM_USAGE
+                and coherence[j].max() <= updates.MAX_COHERENCE):
             continue
         if replaced == len(candidates):
             break
@@ -171,7 +172,7 @@ def test_replace_atoms_follows_the_replacements_made_before(seed):
     worst[:20] = 3 * atoms[rng.choice(200, 20)]  # candidates that duplicate atoms
     stats = {"usage": usage, "worst_rows": worst,
              "worst_err": np.linspace(1.0, -0.2, 60) if seed % 2 else np.ones(60)}
-    got, n_got = learn.replace_atoms(atoms, stats)
+    got, n_got = updates.replace_atoms(atoms, stats)
     expected, n_expected = _replace_atoms_reference(atoms, stats)
     assert n_got == n_expected > 0
     np.testing.assert_array_equal(np.any(got != atoms, axis=1),
@@ -184,78 +185,80 @@ def test_replace_atoms_follows_the_replacements_made_before(seed):
 def test_planted_recovery(init, coder):
     planted = make_planted(1500, 20, 50, 3, 30.0, random_state=10)
     model = daskdict.fit(planted.data, 50, 3, 60, init=init, coder=coder, random_state=1,
-                         progress=False)
+                         verbose=False)
     assert recovered_fraction(planted.atoms, model.atoms) >= 0.8
 
 
+@pytest.mark.cluster
 def test_fit_on_store_with_local_cluster(tmp_path):
     planted = make_planted(4000, 16, 32, 3, 25.0, random_state=11)
     path = tmp_path / "emb.zarr"
     daskdict.create_store(path, {"final": planted.data, "hidden_01": planted.data[:, :8]},
                           chunk_rows=1000)
     model = daskdict.fit(path, n_atoms=32, n_nonzero=3, n_iter=25, random_state=0,
-                         progress=False)
+                         verbose=False)
     assert model.fingerprint["layer"] == "final"
     assert model.fingerprint["shape"] == [4000, 16]
     assert recovered_fraction(planted.atoms, model.atoms) >= 0.8
     hidden = daskdict.fit(path, layer="hidden_01", n_atoms=16, n_nonzero=2, n_iter=2,
-                          client="threads", progress=False)
+                          client="threads", verbose=False)
     assert hidden.atoms.shape == (16, 8)
 
 
 def test_default_number_of_atoms_is_four_times_d():
     planted = make_planted(400, 6, 12, 2, 30.0, random_state=12)
-    model = daskdict.fit(planted.data, n_nonzero=2, n_iter=1, progress=False)
+    model = daskdict.fit(planted.data, n_nonzero=2, n_iter=1, verbose=False)
     assert model.atoms.shape == (24, 6)
 
 
+@pytest.mark.cluster
 def test_fit_uses_an_existing_client(tmp_path):
     distributed = pytest.importorskip("distributed")
     planted = make_planted(2000, 8, 16, 2, 25.0, random_state=13)
     with distributed.Client(n_workers=1, threads_per_worker=1, processes=False,
                             dashboard_address=None) as client:
         model = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
-                             client=client, random_state=0, progress=False)
+                             client=client, random_state=0, verbose=False)
         assert not client.status == "closed"
     reference = daskdict.fit(da.from_array(planted.data, chunks=(500, 8)), 16, 2, 3,
-                             client="sync", random_state=0, progress=False)
+                             client="sync", random_state=0, verbose=False)
     np.testing.assert_allclose(model.atoms, reference.atoms, atol=1e-6)
 
 
 @pytest.mark.parametrize("chunks,n_shares", [((100,), 1), ((100,), 3), ((30, 30, 30, 10), 2),
                                              ((7,) * 13 + (2,), 4), ((3,), 8)])
-def test_share_spans_cover_the_rows_in_equal_shares_within_chunks(chunks, n_shares):
-    shares = learn.share_spans(chunks, n_shares)
+def test_share_ranges_cover_the_rows_in_equal_shares_within_chunks(chunks, n_shares):
+    cut = shares.share_ranges(chunks, n_shares)
     bounds = set(np.cumsum((0, *chunks)).tolist())
-    flat = [span for share in shares for span in share]
+    flat = [rows for share in cut for rows in share]
     assert flat[0][0] == 0 and flat[-1][1] == sum(chunks)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(flat))  # contiguous, no overlap
-    for start, stop in flat:  # no span crosses a chunk boundary
+    for start, stop in flat:  # no range crosses a chunk boundary
         assert stop > start and not any(start < b < stop for b in bounds)
-    sizes = [sum(stop - start for start, stop in share) for share in shares]
-    assert len(shares) == min(n_shares, sum(chunks)) and max(sizes) - min(sizes) <= 1
+    sizes = [sum(stop - start for start, stop in share) for share in cut]
+    assert len(cut) == min(n_shares, sum(chunks)) and max(sizes) - min(sizes) <= 1
 
 
-@pytest.mark.parametrize("spans", [[(0, 10_922)], [(0, 10_922), (10_922, 21_844)],
+@pytest.mark.parametrize("ranges", [[(0, 10_922)], [(0, 10_922), (10_922, 21_844)],
                                    [(50_000, 54_610), (54_610, 65_532)], [(0, 700)],
                                    [(0, 3000), (3000, 3100)]])
-def test_share_pieces_tile_each_span_and_end_small(spans):
-    pieces = learn.share_pieces(spans)
-    assert pieces[0][1] == spans[0][0] and pieces[-1][2] == spans[-1][1]
-    assert all(a[2] == b[1] for a, b in itertools.pairwise(pieces))  # contiguous, in order
-    for index, start, stop in pieces:  # inside their span
-        assert spans[index][0] <= start < stop <= spans[index][1]
-    # towards the end the pieces shrink: one ending k rows before the share's end has at most
+def test_share_blocks_tile_each_range_and_end_small(ranges):
+    blocks = shares.share_blocks(ranges)
+    assert blocks[0][1] == ranges[0][0] and blocks[-1][2] == ranges[-1][1]
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(blocks))  # contiguous, in order
+    for index, start, stop in blocks:  # inside their range
+        assert ranges[index][0] <= start < stop <= ranges[index][1]
+    # towards the end the blocks shrink: one ending k rows before the share's end has at most
     # max(CODE_ROWS, k) rows, so threads taking them in turn end close together
-    end = spans[-1][1]
-    for _, start, stop in pieces:
-        if stop > end - 16 * learn.CODE_ROWS:
-            assert stop - start <= max(learn.CODE_ROWS, end - stop)
-    assert len(pieces) <= len(spans) + len(learn.TAIL_PIECES)
+    end = ranges[-1][1]
+    for _, start, stop in blocks:
+        if stop > end - 16 * coding.CODE_ROWS:
+            assert stop - start <= max(coding.CODE_ROWS, end - stop)
+    assert len(blocks) <= len(ranges) + len(shares.TAIL_BLOCKS)
 
 
-def test_threads_coding_one_share_sum_in_piece_order(rng, monkeypatch):
-    """Threads take a share's pieces in turn and finish them in any order; the total is the
+def test_threads_coding_one_share_sum_in_block_order(rng, monkeypatch):
+    """Threads take a share's blocks in turn and finish them in any order; the total is the
     same, bit for bit, as one thread coding the share alone."""
     import random
     import threading
@@ -264,23 +267,23 @@ def test_threads_coding_one_share_sum_in_piece_order(rng, monkeypatch):
 
     planted = make_planted(3000, 12, 24, 3, 20.0, random_state=1, dtype=np.float32)
     atoms = np.ascontiguousarray(planted.atoms, dtype=np.float32)
-    spans = [(0, 1100), (1100, 2400), (2400, 3000)]
-    monkeypatch.setattr(learn, "CODE_ROWS", 64)  # 8 pieces, the smallest of 64 rows
-    args = (planted.data.astype(np.float32), spans)
+    ranges = [(0, 1100), (1100, 2400), (2400, 3000)]
+    monkeypatch.setattr(coding, "CODE_ROWS", 64)  # 8 blocks, the smallest of 64 rows
+    args = (planted.data.astype(np.float32), ranges)
     rest = (atoms, 3, 0.0, "omp", 16)
-    alone = learn._share_statistics(*args, uuid.uuid4().hex, *rest)
+    alone = shares.share_statistics(*args, uuid.uuid4().hex, *rest)
 
-    chunk_statistics = learn._chunk_statistics
+    chunk_statistics = coding.block_statistics
     jitter = random.Random(0)
 
-    def slow(*a, **k):  # finish pieces out of order
+    def slow(*a, **k):  # finish blocks out of order
         time.sleep(jitter.random() * 0.01)
         return chunk_statistics(*a, **k)
 
-    monkeypatch.setattr(learn, "_chunk_statistics", slow)
+    monkeypatch.setattr(coding, "block_statistics", slow)
     token, results = uuid.uuid4().hex, []
     threads = [threading.Thread(target=lambda: results.append(
-        learn._share_statistics(*args, token, *rest))) for _ in range(4)]
+        shares.share_statistics(*args, token, *rest))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -292,40 +295,39 @@ def test_threads_coding_one_share_sum_in_piece_order(rng, monkeypatch):
     # a task of the share that starts late (its thread was busy) codes nothing and returns
     # None; the finished share keeps no sums
     calls = []
-    monkeypatch.setattr(learn, "_chunk_statistics", lambda *a, **k: calls.append(1))
-    assert learn._share_statistics(*args, token, *rest) is None and calls == []
-    assert learn._SHARES[token].total is None and learn._SHARES[token].waiting == {}
-    learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
+    monkeypatch.setattr(coding, "block_statistics", lambda *a, **k: calls.append(1))
+    assert shares.share_statistics(*args, token, *rest) is None and calls == []
+    assert shares._SHARES[token].total is None and shares._SHARES[token].waiting == {}
+    shares.forget_worker_state(Runtime(scheduler="sync"))
 
 
-def test_lanes_and_block_tasks_give_the_same_fit():
-    # NumPy and Zarr data are read by one task per lane; a dask array by one task per block
+def test_share_and_chunk_tasks_give_the_same_fit():
+    # NumPy and Zarr data are read by one task per thread of a share; a dask array by one task
+    # per chunk
     planted = make_planted(3000, 16, 32, 3, 20.0, random_state=5)
     kwargs = dict(n_atoms=32, n_nonzero=3, n_iter=4, dtype="float64", random_state=2,
-                  progress=False)
-    lanes = daskdict.fit(planted.data, client="threads", **kwargs)
+                  verbose=False)
+    by_share = daskdict.fit(planted.data, client="threads", **kwargs)
     blocks = daskdict.fit(da.from_array(planted.data, chunks=(700, 16)), client="sync",
                           **kwargs)
-    np.testing.assert_allclose(lanes.atoms, blocks.atoms, atol=1e-8)
-    assert [h["replaced_atoms"] for h in lanes.history] == [
+    np.testing.assert_allclose(by_share.atoms, blocks.atoms, atol=1e-8)
+    assert [h["replaced_atoms"] for h in by_share.history] == [
         h["replaced_atoms"] for h in blocks.history]
 
 
 def test_sub_block_coding_equals_coding_at_once(rng, monkeypatch):
-    from daskdict.learn import training as learn
-
     atoms = unit_rows(rng.standard_normal((40, 12)))
     y = rng.standard_normal((250, 12))
     gram = atoms @ atoms.T
-    whole = learn.code_block(y, atoms, gram, 4, 0.0, "omp")
-    monkeypatch.setattr(learn, "CODE_ROWS", 64)
-    parts = learn.code_block(y, atoms, gram, 4, 0.0, "omp")
+    whole = coding.code_block(y, atoms, gram, 4, 0.0, "omp")
+    monkeypatch.setattr(coding, "CODE_ROWS", 64)
+    parts = coding.code_block(y, atoms, gram, 4, 0.0, "omp")
     np.testing.assert_array_equal(whole[0], parts[0])
     np.testing.assert_allclose(whole[1], parts[1], atol=1e-12)
 
 
 def test_replacement_candidates_are_capped():
-    from daskdict.learn.training import MIN_CANDIDATES, n_candidates
+    from daskdict.learn.updates import MIN_CANDIDATES, n_candidates
 
     assert n_candidates(50) == 50
     assert n_candidates(3072) == 384
@@ -343,23 +345,23 @@ def test_planted_noise_has_the_requested_snr(snr_db):
 
 def test_shares_are_fixed_for_the_fit_and_its_resumption(tmp_path):
     """A fit resumed on one thread cuts the rows as the first run on every core did (the
-    count of shares is in the checkpoint) and sums each share's pieces in the same order:
+    count of shares is in the checkpoint) and sums each share's blocks in the same order:
     identical atoms."""
     from daskdict.datasets.planted import write_planted_store
 
     path = tmp_path / "planted.zarr"
     write_planted_store(path, 4000, 24, 48, 3, random_state=0, chunk_rows=500)
-    kw = dict(n_atoms=48, n_nonzero=3, random_state=0, progress=False)
+    kw = dict(n_atoms=48, n_nonzero=3, random_state=0, verbose=False)
     whole = daskdict.fit(path, n_iter=4, client="threads", **kw)
     ck = tmp_path / "ck.zarr"
     daskdict.fit(path, n_iter=2, client="threads", checkpoint=ck, **kw)
-    state = learn.load_checkpoint(ck)
+    state = checkpoints.load_checkpoint(ck)
     assert state["n_shares"] == 1  # one process
     resumed = daskdict.fit(path, n_iter=4, client="sync", checkpoint=ck, **kw)  # one thread
     np.testing.assert_array_equal(resumed.atoms, whole.atoms)
     # resume=False starts over (and overwrites the checkpoint)
     fresh = daskdict.fit(path, n_iter=1, client="sync", checkpoint=ck, resume=False, **kw)
-    assert len(fresh.history) == 1 and len(learn.load_checkpoint(ck)["history"]) == 1
+    assert len(fresh.history) == 1 and len(checkpoints.load_checkpoint(ck)["history"]) == 1
 
 
 def test_blocks_are_aligned_for_the_kernels(rng):
@@ -372,50 +374,50 @@ def test_blocks_are_aligned_for_the_kernels(rng):
     odd = np.frombuffer(raw, dtype=np.uint8)[1:].view(np.float32).reshape(atoms.shape)
     odd[...] = atoms
     assert not odd.flags.aligned
-    fixed = learn._as_block(odd)
+    fixed = coding.as_block(odd)
     assert fixed.flags.aligned and fixed.flags.c_contiguous
     np.testing.assert_array_equal(fixed, atoms)
-    gram = learn.gram_matrix(atoms)
-    expected = learn.code_block(y, atoms, gram, 3, 0.0, "omp")
-    got = learn.code_block(y, odd, gram, 3, 0.0, "omp")
+    gram = coding.gram_matrix(atoms)
+    expected = coding.code_block(y, atoms, gram, 3, 0.0, "omp")
+    got = coding.code_block(y, odd, gram, 3, 0.0, "omp")
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
 
 
-def test_lanes_in_one_process_share_one_gram_matrix(rng):
+def test_threads_in_one_process_share_one_gram_matrix(rng):
     """Threads of one process get the same atoms object per iteration: one Gram matrix is
     made for all of them; a new dictionary gets its own, and the end of a fit frees it."""
     atoms = rng.standard_normal((20, 8)).astype(np.float32)
-    first = learn._process_gram(atoms)
+    first = shares.process_gram(atoms)
     np.testing.assert_allclose(first, atoms @ atoms.T, rtol=1e-6)
-    assert learn._process_gram(atoms) is first
+    assert shares.process_gram(atoms) is first
     other = atoms * 2
-    assert learn._process_gram(other) is not first
-    np.testing.assert_allclose(learn._process_gram(other), other @ other.T, rtol=1e-6)
-    learn._SHARES["left-by-an-error"] = None
-    learn._forget_worker_state(runtime.Runtime(scheduler="sync"))
-    assert learn._GRAM_CACHE == [None, None] and learn._SHARES == {}
+    assert shares.process_gram(other) is not first
+    np.testing.assert_allclose(shares.process_gram(other), other @ other.T, rtol=1e-6)
+    shares._SHARES["left-by-an-error"] = None
+    shares.forget_worker_state(Runtime(scheduler="sync"))
+    assert shares._GRAM_CACHE == [None, None] and shares._SHARES == {}
 
 
 def test_threads_make_one_gram_matrix_together(rng, monkeypatch):
     """Threads arriving together share the row blocks out and all get the matrix that
     gram_matrix makes alone, bit for bit; a failed block fails every thread, and the next
     call makes the matrix again."""
-    monkeypatch.setattr(learn, "GRAM_ROWS", 256)
+    monkeypatch.setattr(coding, "GRAM_ROWS", 256)
     atoms = rng.standard_normal((600, 24)).astype(np.float32)  # 2 full blocks and a part
-    expected = learn.gram_matrix(atoms)
+    expected = coding.gram_matrix(atoms)
     np.testing.assert_allclose(expected, atoms @ atoms.T, rtol=1e-5, atol=1e-5)
     made = []
-    real_block = learn._gram_block
+    real_block = coding.gram_block
 
     def slow_block(atoms, gram, start):
         made.append((threading.get_ident(), start))
         time.sleep(0.05)  # every thread arrives before the blocks run out
         real_block(atoms, gram, start)
 
-    monkeypatch.setattr(learn, "_gram_block", slow_block)
+    monkeypatch.setattr(coding, "gram_block", slow_block)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        grams = list(pool.map(lambda _: learn._process_gram(atoms), range(3)))
+        grams = list(pool.map(lambda _: shares.process_gram(atoms), range(3)))
     assert all(gram is grams[0] for gram in grams)
     np.testing.assert_array_equal(grams[0], expected)
     assert sorted(start for _, start in made) == [0, 256, 512]
@@ -424,13 +426,13 @@ def test_threads_make_one_gram_matrix_together(rng, monkeypatch):
     def failing_block(atoms, gram, start):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(learn, "_gram_block", failing_block)
+    monkeypatch.setattr(coding, "gram_block", failing_block)
     other = atoms * 2
     with pytest.raises(MemoryError):
-        learn._process_gram(other)
-    monkeypatch.setattr(learn, "_gram_block", real_block)
-    np.testing.assert_array_equal(learn._process_gram(other), learn.gram_matrix(other))
-    learn._clear_worker_state()
+        shares.process_gram(other)
+    monkeypatch.setattr(coding, "gram_block", real_block)
+    np.testing.assert_array_equal(shares.process_gram(other), coding.gram_matrix(other))
+    shares.clear_worker_state()
 
 
 def test_statistics_merge_by_a_fixed_tree(rng):
@@ -444,21 +446,21 @@ def test_statistics_merge_by_a_fixed_tree(rng):
                 "worst_err": err, "worst_rows": rng.standard_normal((n_worst, 4))}
 
     parts = [part() for _ in range(20)]
-    tree = learn._tree_reduce([dask.delayed(p) for p in parts], 5)
+    tree = shares.tree_reduce([dask.delayed(p) for p in parts], 5)
     (merged,) = dask.compute(tree, scheduler="sync")
-    flat = learn._merge_statistics(parts, 5)
+    flat = shares.merge_statistics(parts, 5)
     for key in ("restricted", "coef_sq", "sums", "row_sum"):
         np.testing.assert_allclose(merged[key], flat[key], rtol=1e-12)
     np.testing.assert_array_equal(merged["usage"], flat["usage"])
     np.testing.assert_array_equal(merged["worst_err"], flat["worst_err"])
     np.testing.assert_array_equal(merged["worst_rows"], flat["worst_rows"])
-    (again,) = dask.compute(learn._tree_reduce([dask.delayed(p) for p in parts], 5),
+    (again,) = dask.compute(shares.tree_reduce([dask.delayed(p) for p in parts], 5),
                             scheduler="threads")
     for key, value in merged.items():
         np.testing.assert_array_equal(again[key], value)
     # one share is merged once too (the driver always gets float64 sums)
-    (single,) = dask.compute(learn._tree_reduce([dask.delayed(parts[0])], 5), scheduler="sync")
+    (single,) = dask.compute(shares.tree_reduce([dask.delayed(parts[0])], 5), scheduler="sync")
     np.testing.assert_array_equal(single["restricted"], parts[0]["restricted"])
-    assert learn._share_total(None, parts[3], None) is parts[3]
+    assert shares.share_total(None, parts[3], None) is parts[3]
     with pytest.raises(RuntimeError, match="no task"):
-        learn._share_total(None, None)
+        shares.share_total(None, None)

@@ -15,7 +15,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def model(planted):
-    return daskdict.fit(planted.data, 32, 3, 40, random_state=0, progress=False)
+    return daskdict.fit(planted.data, 32, 3, 40, random_state=0, verbose=False)
 
 
 def test_encode_codes_and_sparse(planted, model):
@@ -60,8 +60,10 @@ def test_save_and_load_roundtrip(tmp_path, model, planted):
     assert loaded.fingerprint == model.fingerprint
     np.testing.assert_array_equal(loaded.encode(planted.data).indices,
                                   model.encode(planted.data).indices)
-    # saving again replaces atomically and leaves no temporary folders
-    model.save(path)
+    # saving again needs overwrite=True, replaces atomically and leaves no temporary folders
+    with pytest.raises(daskdict.OutputNotWritableError, match="overwrite"):
+        model.save(path)
+    model.save(path, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["dict.zarr"]
     assert not list(tmp_path.rglob("*.pkl"))
 
@@ -69,7 +71,8 @@ def test_save_and_load_roundtrip(tmp_path, model, planted):
 def test_load_refuses_other_kinds(tmp_path, planted, model):
     codes = model.encode(planted.data).save(tmp_path / "codes.zarr")
     with pytest.raises(daskdict.InvalidInputError, match="dictionary"):
-        daskdict.load(codes)
+        daskdict.Dictionary.load(codes)
+    assert isinstance(daskdict.load(codes), daskdict.Codes)  # the generic loader reads any kind
     with pytest.raises(daskdict.StoreNotFoundError):
         daskdict.load(tmp_path / "missing.zarr")
 

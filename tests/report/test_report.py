@@ -74,7 +74,7 @@ def tiny_clip(tmp_path_factory):
     return path
 
 
-def test_concept_captions_follow_the_seed(planted):
+def test_concept_captions_follow_the_concept_paper(planted):
     _, _, codes, explanations = planted
     captions = concept_captions(codes, explanations)
     first = explanations.first_themes()
@@ -158,6 +158,7 @@ def _chromium_driver(tmp_path):
     return webdriver.Chrome(options=options, service=service)
 
 
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium_sorts_and_stays_offline(planted, tmp_path):
     store, model, codes, explanations = planted
     path = write_report(tmp_path / "report.html", explanations, codes=codes, model=model,
@@ -233,3 +234,55 @@ def test_report_gains_a_concept_graph_view(tmp_path):
     assert re.search(rf"children in layer 2: [^<]*\b{target}\b", row), row
     with pytest.raises(daskdict.InvalidInputError, match="graph_layer"):
         write_report(tmp_path / "bad.html", explanations, graph=graph, graph_layer=7)
+
+
+# --------------------------------------------------------------------------- the writer rule
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_report_replaces_only_its_own_report_with_overwrite(planted, tmp_path):
+    *_, explanations = planted
+    path = write_report(tmp_path / "r.html", explanations, title="first")
+    assert '<meta name="generator" content="daskdict' in path.read_text()
+    before = path.read_bytes()
+    with pytest.raises(daskdict.OutputNotWritableError, match="overwrite=True"):
+        write_report(path, explanations, title="second")
+    assert path.read_bytes() == before
+    write_report(path, explanations, title="second", overwrite=True)
+    assert "<title>second</title>" in path.read_text()
+
+
+@pytest.mark.parametrize("name", ["page.html", "notes.txt"])
+def test_report_never_replaces_a_file_daskdict_did_not_write(planted, tmp_path, name):
+    *_, explanations = planted
+    path = tmp_path / name
+    path.write_text("<!DOCTYPE html><html><body>mine</body></html>\n")
+    before = path.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(daskdict.OutputNotWritableError):
+            write_report(path, explanations, overwrite=overwrite)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_report_onto_an_input_is_refused_before_any_work(planted, tmp_path):
+    from PIL import Image
+
+    store, _, codes, _ = planted
+    explanations = explain(codes, store.path)
+    image = tmp_path / "thumb.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    images = [image] * store.n_items
+    before = {**_hashes(store.path), **_hashes(image)}
+    for out in (store.path, store.path / "report.html", image):
+        for overwrite in (False, True):
+            with pytest.raises(daskdict.OutputNotWritableError, match="is the input"):
+                write_report(out, explanations, images=images, overwrite=overwrite)
+    assert {**_hashes(store.path), **_hashes(image)} == before
+    assert not (store.path / "report.html").exists()

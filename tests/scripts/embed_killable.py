@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from daskdict.cli.app import main as cli_main
+    from daskdict.embedding import run as embed_module
 
-    embed_module = sys.modules["daskdict.embedding.run"]  # the attribute daskdict.embed is the function
     real_to_rgb = embed_module.to_rgb
 
     def slow_to_rgb(raw):

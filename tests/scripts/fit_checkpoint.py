@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     model = daskdict.fit(args.store, n_atoms=args.atoms, n_nonzero=args.nonzero,
                          n_iter=args.iters, random_state=args.seed, client=args.client,
-                         checkpoint=args.checkpoint, progress=False)
+                         checkpoint=args.checkpoint, verbose=False)
     if args.atoms_out:
         np.save(args.atoms_out, model.atoms)
     if args.report:

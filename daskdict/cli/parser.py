@@ -1,0 +1,230 @@
+"""The ``daskdict`` argument parser: one small function per verb, shared options once."""
+
+from __future__ import annotations
+
+import argparse
+
+import daskdict
+from daskdict.cli import commands
+from daskdict.compute.clusters import KINDS
+
+
+def _common(p: argparse.ArgumentParser, *, in_process: bool = True,
+            quiet: str = "no progress bar or dashboard link") -> None:
+    """--quiet on every verb; --in-process on those that compute."""
+    if in_process:
+        p.add_argument("--in-process", action="store_true",
+                       help="no cluster: compute on threads in this process")
+    p.add_argument("--quiet", action="store_true", help=quiet)
+
+
+def _out(p: argparse.ArgumentParser, what: str, **kwargs) -> None:
+    """--out and --force: an existing output of the same kind is replaced only with --force."""
+    p.add_argument("--out", help=what, **kwargs)
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output of the same kind (never an input, never "
+                   "anything else)")
+
+
+def _sizes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atoms", type=int, default=None,
+                   help="number of atoms (default 4 x the width d)")
+    p.add_argument("--nonzero", type=int, default=10, help="atoms per sample (default 10)")
+    p.add_argument("--iters", type=int, default=10, help="K-SVD iterations (default 10)")
+
+
+def _dictionary(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--dictionary", default=None, help=what)
+    p.add_argument("--model", dest="dictionary", help=argparse.SUPPRESS)  # deprecated alias
+
+
+def _layer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", default=None, help="layer of the store (default 'final')")
+
+
+def _add_fit(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("fit", help="learn a dictionary from a store or Zarr array")
+    p.add_argument("store", help="embedding store or Zarr array (N x d)")
+    _sizes(p)
+    _layer(p)
+    _out(p, "where to save the dictionary (Zarr)", required=True)
+    p.add_argument("--coder", choices=("omp", "mp"), default="omp",
+                   help="sparse coder: Batch-OMP or matching pursuit (default omp)")
+    p.add_argument("--update", choices=("approx", "ksvd"), default="approx",
+                   help="atom update: one power step, or the exact K-SVD (default approx)")
+    p.add_argument("--tol", type=float, default=0.0,
+                   help="relative residual at which coding a sample stops (default 0)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="precision of the computation (default float32)")
+    p.add_argument("--seed", type=int, default=None, help="random_state")
+    p.add_argument("--checkpoint", default=None,
+                   help="Zarr folder for a checkpoint after every iteration; resumed if present")
+    p.add_argument("--cluster", choices=KINDS, default="local",
+                   help="where the workers run: a LocalCluster (default) or batch jobs through "
+                   "dask-jobqueue, configured by jobqueue.yaml")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="batch jobs to keep running (local: worker processes)")
+    _common(p)
+    p.set_defaults(func=commands.fit)
+
+
+def _add_plan(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("plan", help="predict time per iteration and memory per worker of "
+                         "a fit from a short calibration here")
+    p.add_argument("store", nargs="?", default=None,
+                   help="data to calibrate on (default: planted data of --features columns)")
+    p.add_argument("--samples", type=int, required=True, help="rows of the planned fit")
+    p.add_argument("--features", type=int, default=None, help="width of planted data")
+    p.add_argument("--atoms", type=int, default=3072, help="atoms (default 3072)")
+    p.add_argument("--nonzero", type=int, default=10, help="atoms per sample (default 10)")
+    p.add_argument("--workers", type=int, required=True, help="planned worker processes")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    _layer(p)
+    p.add_argument("--calibration-rows", type=int, default=8192,
+                   help="rows coded by the calibration (default 8192)")
+    _out(p, "write the plan as JSON to this file")
+    _common(p)
+    p.set_defaults(func=commands.plan)
+
+
+def _add_encode(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("encode", help="sparse codes of a store over a dictionary")
+    p.add_argument("store", help="embedding store or Zarr array")
+    _dictionary(p, "the dictionary saved by 'daskdict fit' (required)")
+    _layer(p)
+    _out(p, "Zarr folder for the codes (default: <store>.codes-<layer>.zarr)")
+    _common(p)
+    p.set_defaults(func=commands.encode)
+
+
+def _add_info(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("info", help="what a store, dictionary, codes, graph or "
+                         "explanations file holds (JSON)")
+    p.add_argument("path", help="a file or folder written by daskdict, or a Zarr array")
+    _common(p, in_process=False, quiet="accepted like every verb's (info shows no progress)")
+    p.set_defaults(func=commands.info)
+
+
+def _add_demo(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("demo", help="fit planted concepts on a LocalCluster and score them")
+    _out(p, "folder for the demo's files (default: a new temporary folder)")
+    for name, kind, default, what in (
+            ("--samples", int, 40_000, "planted samples"),
+            ("--features", int, 64, "width d of the embeddings"),
+            ("--atoms", int, 128, "planted concepts, and atoms fitted"),
+            ("--nonzero", int, 4, "concepts per sample"),
+            ("--snr", float, 20.0, "signal-to-noise ratio in dB"),
+            ("--iters", int, 25, "K-SVD iterations"),
+            ("--chunk-rows", int, 5000, "rows per chunk of the store"),
+            ("--seed", int, 0, "random_state of the data and the fit")):
+        p.add_argument(name, type=kind, default=default, help=f"{what} (default {default})")
+    _common(p)
+    p.set_defaults(func=commands.demo)
+
+
+def _add_report(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("report", help="explain every concept and write a static HTML report")
+    p.add_argument("store", help="embedding store with captions (items/caption)")
+    _dictionary(p, "dictionary saved by 'daskdict fit' (encodes the store unless --codes)")
+    p.add_argument("--codes", default=None, help="codes saved by 'daskdict encode'")
+    _out(p, "the HTML file to write (and, beside it, <out>.explanations.json)", required=True)
+    p.add_argument("--explanations", default=None,
+                   help="explanations saved by Explanations.save (JSON or CSV) instead of "
+                   "computing them")
+    p.add_argument("--method", choices=("keywords", "falcon"), default="keywords",
+                   help="how to explain the concepts (default keywords)")
+    p.add_argument("--text-encoder", default=None, help="falcon: a Hugging Face CLIP (name or "
+                   "folder) whose text tower matches the store's embeddings, or 'planted'")
+    p.add_argument("--top-n", type=int, default=5, help="themes per concept (default 5)")
+    _layer(p)
+    p.add_argument("--title", default=None, help="title of the report")
+    p.add_argument("--graph", default=None, help="a concept graph saved by 'daskdict graph': "
+                   "adds each concept's parents and children")
+    p.add_argument("--graph-layer", type=int, default=None,
+                   help="with --graph: the graph layer of these concepts")
+    _common(p)
+    p.set_defaults(func=commands.report)
+
+
+def _add_graph(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("graph", help="concept graph between a store's layers")
+    p.add_argument("store", help="embedding store with hidden_00, hidden_01, ... layers")
+    _out(p, "where to save the graph (Zarr)", required=True)
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layer names in layer order (default: the hidden_* layers)")
+    _sizes(p)
+    p.add_argument("--work", default=None, help="folder for dictionaries, codes and "
+                   "checkpoints, to resume (default: <out>.work)")
+    p.add_argument("--models", type=int, default=20, help="models per ensemble (default 20)")
+    p.add_argument("--penalty", type=float, default=5.0, help="L1 penalty (default 5.0)")
+    p.add_argument("--min-usage", type=float, default=0.8,
+                   help="fraction of models that must use a parent (default 0.8)")
+    p.add_argument("--binarize", action="store_true", help="fit on x != 0, not on the codes")
+    p.add_argument("--seed", type=int, default=None, help="random_state")
+    _common(p)
+    p.set_defaults(func=commands.graph)
+
+
+def _add_embed(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("embed", help="embed images or texts with a Hugging Face model")
+    p.add_argument("source",
+                   help="folder of images (recursive), image file, or CSV/JSONL manifest with "
+                   "'path' (and 'caption') columns; with --texts, a CSV/JSONL file of texts")
+    p.add_argument("--model", default=None,
+                   help="Hugging Face model name or local folder (default: "
+                   "openai/clip-vit-base-patch32 for images, "
+                   "sentence-transformers/all-MiniLM-L6-v2 for texts)")
+    p.add_argument("--texts", action="store_true",
+                   help="SOURCE holds texts (one per row) to embed with a text encoder")
+    p.add_argument("--text-column", default=None,
+                   help="the column of SOURCE holding the texts (default: the first of text, "
+                   "description, caption, sentence)")
+    p.add_argument("--pooling", choices=("cls", "mean", "max"), default=None,
+                   help="texts: pooling of each hidden layer's tokens (default: the model's "
+                   "sentence-transformers pooling, else mean)")
+    p.add_argument("--tokens", action="store_true",
+                   help="texts: one row per token (with its text and position) instead of one "
+                   "per text")
+    p.add_argument("--out", default="embeddings.zarr", help="the embedding store to write "
+                   "(default: %(default)s); an unfinished one is resumed")
+    p.add_argument("--force", "--restart", dest="force", action="store_true",
+                   help="replace an existing store (start over) instead of resuming it")
+    p.add_argument("--captions", default=None,
+                   help="CSV/JSONL manifest with 'path' and 'caption' columns")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layers to store: names (final, hidden_05) or hidden-state indices "
+                   "(default: every hidden state and final)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"),
+                   default="auto", help="auto: float16 on CUDA, float32 elsewhere")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per store chunk (default: 32 MiB of rows, at most 4096)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image loading threads (default: cores - 1, at most 8)")
+    _common(p, in_process=False)
+    p.set_defaults(func=commands.embed)
+
+
+VERBS = {"fit": _add_fit, "encode": _add_encode, "info": _add_info, "demo": _add_demo,
+         "plan": _add_plan, "report": _add_report, "graph": _add_graph, "embed": _add_embed}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with errors on one line like every other daskdict error."""
+
+    def error(self, message: str):
+        self.exit(2, f"daskdict: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``daskdict`` parser: ``--version`` and one subcommand per entry of :data:`VERBS`."""
+    parser = _Parser(
+        prog="daskdict",
+        description="Concepts in vision-transformer embeddings: out-of-core K-SVD on Dask.")
+    parser.add_argument("--version", action="version", version=f"daskdict {daskdict.__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in VERBS.values():
+        add(verbs)
+    return parser

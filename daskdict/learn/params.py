@@ -1,0 +1,147 @@
+"""Hyper-parameters of a fit and of an encoding, validated at the boundary; random seeds.
+
+Every random draw of a fit comes from one integer, its *seed* (:func:`base_seed`), and the
+iteration's number (:func:`iteration_rng`), so that a resumed fit draws what the uninterrupted
+one would have drawn.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from daskdict.errors import InvalidInputError
+from daskdict.validation import check_choice, check_positive_int
+
+CODER_NAMES = ("omp", "mp")
+UPDATES = ("approx", "ksvd")
+INITS = ("data", "kmeans++", "random")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """Hyper-parameters of a fit, validated; stored in models and checkpoints."""
+
+    n_atoms: int
+    n_nonzero: int
+    n_iter: int
+    coder: str = "omp"
+    tol: float = 0.0
+    update: str = "approx"
+    atom_batch_size: int | None = None
+    shuffle_atoms: bool = True
+    replace_atoms: bool = True
+    init: str = "data"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def check_tol(tol: Any) -> float:
+    """``tol`` as a float in [0, 1) (a relative residual), else a named error."""
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0.0 <= tol < 1.0:
+        raise InvalidInputError(f"Expected 0 <= tol < 1 (relative residual). Got {tol!r}.")
+    return float(tol)
+
+
+def check_n_nonzero(n_nonzero: Any, n_atoms: int, n_features: int) -> int:
+    """``n_nonzero`` as an int in [1, min(n_atoms, n_features)], else a named error."""
+    n_nonzero = check_positive_int("n_nonzero", n_nonzero)
+    if n_nonzero > n_features:
+        raise InvalidInputError(
+            f"n_nonzero={n_nonzero} exceeds the number of features (n_features={n_features}): a "
+            f"sample cannot use more than {n_features} linearly independent atoms."
+        )
+    if n_nonzero > n_atoms:
+        raise InvalidInputError(f"n_nonzero={n_nonzero} exceeds n_atoms={n_atoms}.")
+    return n_nonzero
+
+
+def check_init(init: Any, n_atoms: int, n_features: int) -> str:
+    """The name of ``init`` (``"array"`` for an array of the atoms' shape), else an error."""
+    if isinstance(init, str):
+        return check_choice("init", init, INITS)
+    if np.shape(init) != (n_atoms, n_features):
+        raise InvalidInputError(
+            f"Expected init of shape ({n_atoms}, {n_features}). Got {np.shape(init)}.")
+    return "array"
+
+
+def check_dtype(dtype: Any) -> str:
+    """The name of ``dtype`` if it is float32 or float64, else a named error."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise InvalidInputError(f"Expected dtype float32 or float64. Got {dtype!r}.") from exc
+    if name not in DTYPES:
+        raise InvalidInputError(f"Expected dtype float32 or float64. Got {name}.")
+    return name
+
+
+def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
+                    shuffle_atoms, replace_atoms, init, dtype, n_samples: int,
+                    n_features: int) -> FitParams:
+    """Check every hyper-parameter against the data's shape; raise naming the problem.
+
+    Parameters are those of :func:`daskdict.fit`; ``n_samples`` and ``n_features`` are the
+    data's shape.
+
+    Returns
+    -------
+    FitParams
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first parameter that cannot be used.
+    """
+    n_atoms = check_positive_int("n_atoms", n_atoms)
+    n_iter = check_positive_int("n_iter", n_iter)
+    n_nonzero = check_n_nonzero(n_nonzero, n_atoms, n_features)
+    if n_atoms > n_samples:
+        raise InvalidInputError(
+            f"n_atoms={n_atoms} is larger than the number of samples ({n_samples}); a dictionary "
+            "needs at least as many samples as atoms."
+        )
+    check_choice("coder", coder, CODER_NAMES)
+    check_choice("update", update, UPDATES)
+    tol = check_tol(tol)
+    atom_batch_size = check_positive_int("atom_batch_size", atom_batch_size, optional=True)
+    init_name = check_init(init, n_atoms, n_features)
+    return FitParams(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
+                     bool(shuffle_atoms), bool(replace_atoms), init_name, check_dtype(dtype))
+
+
+def base_seed(random_state: Any) -> int:
+    """One integer (the fit's seed) from which every random draw of a fit is derived.
+
+    Parameters
+    ----------
+    random_state : None, int, numpy.random.Generator or numpy.random.RandomState
+        None draws a fresh seed.
+
+    Returns
+    -------
+    int
+    """
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % 2**63)
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31))
+    raise InvalidInputError(
+        f"Expected random_state None, an int or a Generator. Got {random_state!r}.")
+
+
+def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
+    """The generator of one iteration of the fit with random ``seed`` (0: the initialisation)."""
+    return np.random.default_rng([seed, iteration])
