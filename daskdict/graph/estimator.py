@@ -15,7 +15,13 @@ right layer, the labels are ``y = [x_right,i != 0]`` (about k/K ≈ 0.3 % positi
    *parents* of i are the inputs it keeps (a dropped one cannot change its prediction). It
    is scored on the held-out rows: ROC AUC and F1 at τ = 0.5.
 
-The inputs are the left layer's codes, real-valued or binarised (``binarize_inputs``).
+Inputs. The targets are activities, but by default the inputs keep the left layer's
+magnitudes: each concept enters as ``|x| / s``, ``s`` its mean absolute active code on the
+training rows (``input_scale_``). The sign is dropped because a parent's positive and negative
+codes both mean it is active (dictionary codes take either sign: signed inputs cancel in a
+linear model and leave most targets without parents). The scale makes the penalty mean the
+same whatever the dictionary's units: an active input is about 1, as a binarised one
+(``binarize_inputs=True``, ``x != 0``) is. Prediction and interventions apply the same scaling.
 
 Penalty. The paper minimises ``Σ bce(f(x), y) + μ‖θ‖₁`` with μ = 5.0, a *sum* of losses over
 the resample; liblinear minimises ``‖θ‖₁ + C Σ loss``, the same problem with ``C = 1/μ``. So
@@ -45,12 +51,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from daskdict.compute.runtime import runtime
 from daskdict.errors import CheckpointMismatchError, InvalidInputError
-from daskdict.graph.fitting import STATUSES, PairResult, Settings, fit_pair
+from daskdict.graph.fitting import INPUT_ENCODINGS, STATUSES, PairResult, Settings, fit_pair
 from daskdict.graph.inference import GraphInference
 from daskdict.graph.inputs import (
     as_layers,
+    input_scale,
     layer_fingerprint,
     mean_active_value,
+    model_inputs,
     nanmedian,
     table,
 )
@@ -91,7 +99,7 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
         uses it (non-zero weight); the parents are the selected inputs the final model keeps.
     binarize_inputs : bool, default=False
         Fit on the left layer's activations ``x != 0`` (the paper's binarised concept labels)
-        instead of its real-valued codes.
+        instead of its codes' magnitudes ``|x|``, each over the concept's mean active ``|x|``.
     test_size : float, default=0.2
         Fraction of the samples held out (one split for all layers) to score the final models.
     min_positives : int, default=10
@@ -131,9 +139,14 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
         models' weights (zero outside the parents); ``weights_[0]`` is None.
     intercepts_ : list of ndarray
         ``intercepts_[l]`` of shape (n_concepts_[l],); ``intercepts_[0]`` is None.
+    input_scale_ : list of ndarray
+        Per layer, shape (n_concepts_[l],): each concept's mean absolute non-zero code on the
+        training rows (1 for a concept never active there). Without ``binarize_inputs`` the
+        models see ``|x| / input_scale_``, in :meth:`fit`, :meth:`predict` and
+        :meth:`intervene` alike; a predicted or forced activation enters the next layer as 1,
+        a code of the concept's mean magnitude.
     mean_active_value_ : list of ndarray
-        Per layer, each concept's mean non-zero code: what a predicted activation stands for
-        when the graph was fit on real-valued codes.
+        Per layer, each concept's mean non-zero (signed) code on all rows.
 
     Notes
     -----
@@ -187,6 +200,7 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
             n_models=check_positive_int("n_models", self.n_models), penalty=float(penalty),
             min_usage=check_fraction("min_usage", self.min_usage),
             binarize_inputs=bool(self.binarize_inputs),
+            input_encoding=INPUT_ENCODINGS[0 if self.binarize_inputs else 1],
             test_size=check_fraction("test_size", self.test_size, high_open=True),
             min_positives=check_positive_int("min_positives", self.min_positives),
             max_samples_per_class=check_positive_int(
@@ -225,6 +239,8 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
         seed = self._resolve_seed(saved, checkpoint_path)
         split = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n_samples)
         held_out = np.sort(split[:n_held_out])
+        train_rows = np.sort(split[n_held_out:])
+        scales = [input_scale(layer[train_rows]) for layer in layers]
         fingerprints = [layer_fingerprint(layer) for layer in layers]
         pairs: list[PairResult | None] = [None]
         with runtime(self.client, in_memory=True, verbose=self.verbose) as rt:
@@ -238,8 +254,10 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
                     check_saved_pair(saved[layer], fields, checkpoint_path)
                     result = PairResult.read(saved[layer])
                 else:
-                    result = fit_pair(rt, layers[layer - 1], layers[layer], layer, settings,
-                                      seed, held_out, self.batch_size)
+                    inputs = model_inputs(layers[layer - 1], scales[layer - 1],
+                                          settings.binarize_inputs)
+                    result = fit_pair(rt, inputs, layers[layer], layer, settings, seed,
+                                      held_out, self.batch_size)
                     if checkpoint_path is not None:
                         write_pair(pair_path(checkpoint_path, layer), result, fields)
                 pairs.append(result)
@@ -249,7 +267,8 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
                           f"concepts, {int(result.n_parents.sum())} edges, median AUC "
                           f"{nanmedian(result.auc):.3f} ({how})", file=sys.stderr)
         self._set_fitted(pairs, [layer.shape[1] for layer in layers], n_samples, held_out,
-                         seed, [mean_active_value(layer) for layer in layers], settings)
+                         seed, {"mean_active": [mean_active_value(layer) for layer in layers],
+                                "input_scale": scales}, settings)
         return self
 
     def _resolve_seed(self, saved: dict, checkpoint_path: Path | None) -> int:
@@ -268,14 +287,15 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
             seed = saved_seed  # the held-out split must be the one of the saved pairs
         return seed
 
-    def _set_fitted(self, pairs, n_concepts, n_samples, held_out, seed, mean_active, settings):
+    def _set_fitted(self, pairs, n_concepts, n_samples, held_out, seed, per_layer, settings):
         self._pairs = pairs
         self._fitted_settings = settings
         self.n_concepts_ = list(n_concepts)
         self.n_samples_ = int(n_samples)
         self.held_out_ = held_out
         self.seed_ = int(seed)
-        self.mean_active_value_ = mean_active
+        self.mean_active_value_ = per_layer["mean_active"]
+        self.input_scale_ = per_layer["input_scale"]
         self.weights_ = [None] + [pair.weight_matrix(n_concepts[i])
                                   for i, pair in enumerate(pairs[1:])]
         self.intercepts_ = [None] + [pair.intercept for pair in pairs[1:]]
@@ -321,8 +341,9 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
                   "settings": self._fitted_settings.to_dict(), "seed": self.seed_,
                   "n_samples": self.n_samples_, "n_concepts": self.n_concepts_}
         return write_graph(path, self._pairs, held_out=self.held_out_,
-                           mean_active=self.mean_active_value_, fields=fields,
-                           overwrite=overwrite)
+                           per_layer={"mean_active_value": self.mean_active_value_,
+                                      "input_scale": self.input_scale_},
+                           fields=fields, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConceptGraph:
@@ -333,12 +354,14 @@ class ConceptGraph(GraphViews, GraphInference, BaseEstimator):
         StoreNotFoundError
             If nothing is at ``path``.
         InvalidInputError
-            If ``path`` holds something other than a daskdict concept graph.
+            If ``path`` holds something other than a daskdict concept graph, or a graph of
+            the first layout fit on the raw codes (see
+            :func:`daskdict.graph.persistence.read_graph`).
         """
         meta, arrays = read_graph(path)
         graph = cls(**meta["params"])
         graph._set_fitted(arrays["pairs"], list(meta["n_concepts"]), meta["n_samples"],
-                          arrays["held_out"], meta["seed"], arrays["mean_active"],
+                          arrays["held_out"], meta["seed"], arrays["per_layer"],
                           arrays["settings"])
         return graph
 

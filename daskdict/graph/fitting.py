@@ -24,6 +24,9 @@ from scipy.special import expit
 ROC_FPR_GRID = np.linspace(0.0, 1.0, 101)
 # τ of the paper's F1 and of "argmax" inference: a concept is predicted active when p > τ
 THRESHOLD = 0.5
+# What the models see of the left layer (Settings.input_encoding): the support x != 0, or the
+# magnitude |x| over the concept's mean active |x| (daskdict.graph.inputs.model_inputs)
+INPUT_ENCODINGS = ("support", "scaled magnitude")
 STATUSES = ("ok", "too_few_positives", "too_few_negatives", "no_held_out_positives")
 OK, FEW_POSITIVES, FEW_NEGATIVES, NO_HELD_OUT = range(len(STATUSES))
 # liblinear's coordinate descent draws from one process-wide generator (scikit-learn seeds it
@@ -43,6 +46,7 @@ class Settings:
     test_size: float
     min_positives: int
     max_samples_per_class: int | None
+    input_encoding: str
 
     @property
     def C(self) -> float:  # scikit-learn's name for 1 / penalty
@@ -61,7 +65,8 @@ class Settings:
 class PairData:
     """What every task of one layer pair reads (shared once per graph).
 
-    ``inputs`` is the left layer (N x K_left, CSR, binarised if asked); ``positive_indptr`` /
+    ``inputs`` is the left layer as the models see it (N x K_left, CSR, from
+    :func:`daskdict.graph.inputs.model_inputs`); ``positive_indptr`` /
     ``positive_rows`` list, per right concept, the rows where it is active (CSC layout).
     """
 
@@ -74,13 +79,10 @@ class PairData:
     test_inputs: sp.csc_matrix
 
     @classmethod
-    def build(cls, left: sp.csr_matrix, right: sp.csr_matrix, held_out: np.ndarray,
-              binarize: bool) -> PairData:
-        inputs = left.copy()
-        if binarize:
-            inputs.data[:] = 1.0
+    def build(cls, inputs: sp.csr_matrix, right: sp.csr_matrix, held_out: np.ndarray
+              ) -> PairData:
         targets = right.tocsc()
-        n_samples = left.shape[0]
+        n_samples = inputs.shape[0]
         is_train = np.ones(n_samples, dtype=bool)
         is_train[held_out] = False
         test_position = np.full(n_samples, -1, dtype=np.int64)
@@ -313,10 +315,13 @@ def fit_targets(data: PairData, targets: np.ndarray, settings: Settings, seed: i
                                 dtype=np.float32).reshape(len(fits), ROC_FPR_GRID.size)}
 
 
-def fit_pair(rt, left: sp.csr_matrix, right: sp.csr_matrix, layer: int, settings: Settings,
+def fit_pair(rt, inputs: sp.csr_matrix, right: sp.csr_matrix, layer: int, settings: Settings,
              seed: int, held_out: np.ndarray, batch_size: int | None) -> PairResult:
-    """Fit the predictors of every concept of ``layer`` from layer - 1, batches on Dask."""
-    shared = rt.share(PairData.build(left, right, held_out, settings.binarize_inputs))
+    """Fit the predictors of every concept of ``layer`` from layer - 1, batches on Dask.
+
+    ``inputs`` is layer - 1 as the models see it (:func:`daskdict.graph.inputs.model_inputs`).
+    """
+    shared = rt.share(PairData.build(inputs, right, held_out))
     n_targets = right.shape[1]
     if batch_size is None:
         # a few tasks per worker balance the load; 16..256 targets keep the overhead small

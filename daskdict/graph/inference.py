@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from daskdict.errors import InvalidInputError
 from daskdict.graph.fitting import NO_HELD_OUT, OK, THRESHOLD, PairResult, roc_curve_points
-from daskdict.graph.inputs import as_code_matrix, as_layers, table
+from daskdict.graph.inputs import as_code_matrix, as_layers, model_inputs, table
 from daskdict.learn.params import base_seed
 from daskdict.validation import check_choice
 
@@ -60,12 +60,6 @@ def logit_offsets(pair: PairResult, calibrated: bool) -> np.ndarray:
 
 class GraphInference:
     """Inference with a fitted graph (see :class:`daskdict.graph.ConceptGraph`)."""
-
-    def _input_value(self, layer: int, concept: int) -> float:
-        if self._fitted_settings.binarize_inputs:
-            return 1.0
-        value = float(self.mean_active_value_[layer][concept])
-        return value if value != 0 else 1.0
 
     def _first_layer(self, codes: Any) -> sp.csr_matrix:
         check_is_fitted(self, "metrics_")
@@ -107,14 +101,15 @@ class GraphInference:
         check_choice("mode", mode, MODES)
         calibrated = mode == "sample" if calibrated is None else bool(calibrated)
         seed = base_seed(random_state) if mode == "sample" else 0
-        binarized = self._fitted_settings.binarize_inputs
         active = first.copy()
         active.data[:] = 1.0
-        values = active if binarized else first
+        # the first layer as the models saw it in fit; in either encoding an active concept
+        # averages 1, so a forced or predicted activation enters every layer as 1
+        values = model_inputs(first, self.input_scale_[0], self._fitted_settings.binarize_inputs)
         if intervention is not None and intervention[0] == 0:
             _, concept, on = intervention
             active = force_concept(active, concept, on)
-            values = force_concept(values, concept, on, self._input_value(0, concept))
+            values = force_concept(values, concept, on)
         activations = [active.astype(bool)]
         if on_layer is not None:
             on_layer(0, activations[0], None)
@@ -133,8 +128,6 @@ class GraphInference:
             if on_layer is not None:
                 on_layer(layer, active, proba)
             values = active.astype(np.float64)
-            if not binarized:
-                values = values.multiply(self.mean_active_value_[layer][None, :]).tocsr()
         return activations
 
     def predict(self, first_layer_codes: Any, mode: str = "argmax", random_state: Any = None,
@@ -144,9 +137,9 @@ class GraphInference:
 
         Each layer's final models turn the previous layer's activations into probabilities;
         ``"argmax"`` keeps the concepts with p > 0.5, ``"sample"`` draws each as a Bernoulli.
-        When the graph was fit on real-valued codes, a predicted activation enters the next
-        layer as the concept's mean training code (``mean_active_value_``); the first layer
-        enters with its given values.
+        The first layer enters as in :meth:`fit` (``|x| / input_scale_``, or ``x != 0`` with
+        ``binarize_inputs``); a predicted activation enters the next layer as 1, a code of
+        its concept's mean training magnitude.
 
         Parameters
         ----------
@@ -257,7 +250,9 @@ class GraphInference:
         concept : int
             A concept of ``layer``.
         on : bool
-            Force the concept active (True) or inactive (False).
+            Force the concept active (True) or inactive (False). A forced concept enters its
+            children's models as 1: in ``x != 0`` units, or a code of its mean training
+            magnitude (``input_scale_``) when the graph saw scaled magnitudes.
         codes : Codes or sparse matrix of shape (n_samples, n_concepts_[0])
         mode, random_state, calibrated
             As for :meth:`predict`.

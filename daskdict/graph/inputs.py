@@ -111,6 +111,42 @@ def mean_active_value(layer: sp.csr_matrix) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
 
 
+def input_scale(layer: sp.csr_matrix) -> np.ndarray:
+    """Each concept's mean absolute non-zero code, shape (n_concepts,); 1 for one never active.
+
+    The unit of :func:`model_inputs`: a concept enters the models as ``|x| / scale``, so its
+    average active input is 1 whatever the dictionary's scale, as a binarised input is.
+    """
+    counts = np.bincount(layer.indices, minlength=layer.shape[1])
+    sums = np.bincount(layer.indices, weights=np.abs(layer.data), minlength=layer.shape[1])
+    return np.where((counts > 0) & (sums > 0), sums / np.maximum(counts, 1), 1.0)
+
+
+def model_inputs(layer: sp.csr_matrix, scale: np.ndarray, binarize: bool) -> sp.csr_matrix:
+    """What the logistic models see of a layer's codes, shape (n_samples, n_concepts).
+
+    Parameters
+    ----------
+    layer : scipy.sparse.csr_matrix of shape (n_samples, n_concepts)
+        Codes as :func:`as_code_matrix` returns them (no explicit zeros).
+    scale : ndarray of shape (n_concepts,)
+        The concepts' :func:`input_scale` from the codes the graph was fit on.
+    binarize : bool
+        Use ``x != 0`` (the support) instead of ``|x| / scale``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (n_samples, n_concepts), float64, non-negative
+        An active concept is positive, an inactive one zero. The sign of a code is dropped:
+        the targets are activities (``x != 0``), and a parent's positive and negative codes
+        both say it is active; as signed inputs of a linear model they would cancel.
+    """
+    inputs = layer.copy()
+    inputs.data = (np.ones_like(inputs.data) if binarize
+                   else np.abs(inputs.data) / scale[inputs.indices])
+    return inputs
+
+
 def table(columns: dict[str, np.ndarray]):
     """A pandas DataFrame when pandas is installed, else the dict of column arrays."""
     try:

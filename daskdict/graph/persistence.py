@@ -6,8 +6,10 @@ kind ``"concept graph"``; a checkpoint is a folder of ``pair-<layer>.zarr`` grou
 resumes after the last one.
 
 Graph layout: header (parameters, settings, seed, samples, concepts per layer), ``held_out``,
-``layers/<l>/mean_active_value`` and one ``pairs/<l>`` group (a :class:`PairResult`) per layer
-with parents.
+``layers/<l>/mean_active_value``, ``layers/<l>/input_scale`` and one ``pairs/<l>`` group (a
+:class:`PairResult`) per layer with parents. The header's ``settings.input_encoding`` says what
+the models saw of each layer (``"support"`` or ``"scaled magnitude"``); graphs of the first
+layout have no ``input_encoding`` and no ``input_scale`` (see :func:`read_graph`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from daskdict.errors import CheckpointMismatchError, OutputNotWritableError
+from daskdict.errors import CheckpointMismatchError, InvalidInputError, OutputNotWritableError
 from daskdict.graph.fitting import PairResult, Settings
 from daskdict.io.atomic import atomic_group, readable_path, recover_replaced
 from daskdict.io.formats import (
@@ -131,7 +133,7 @@ def jsonable_params(params: dict) -> dict:
 
 
 def write_graph(path: str | os.PathLike, pairs: list[PairResult | None], *,
-                held_out: np.ndarray, mean_active: list[np.ndarray], fields: dict,
+                held_out: np.ndarray, per_layer: dict[str, list[np.ndarray]], fields: dict,
                 overwrite: bool = False) -> Path:
     """Write a fitted graph as a Zarr group, atomically (checked by the writer rule first).
 
@@ -141,7 +143,9 @@ def write_graph(path: str | os.PathLike, pairs: list[PairResult | None], *,
     pairs : list of PairResult
         ``pairs[l]`` for l >= 1; ``pairs[0]`` is None.
     held_out : ndarray of int of shape (n_held_out,)
-    mean_active : list of ndarray of shape (n_concepts[l],)
+    per_layer : dict of str to list of ndarray of shape (n_concepts[l],)
+        Per-layer vectors (``mean_active_value``, ``input_scale``), written as
+        ``layers/<l>/<name>``.
     fields : dict
         Header fields (``params``, ``settings``, ``seed``, ``n_samples``, ``n_concepts``).
     overwrite : bool, default=False
@@ -154,8 +158,9 @@ def write_graph(path: str | os.PathLike, pairs: list[PairResult | None], *,
     path = check_output(path, GRAPH_KIND, overwrite=overwrite)
     with atomic_group(path) as group:
         group.create_array("held_out", data=np.asarray(held_out, dtype=np.int64))
-        for layer, values in enumerate(mean_active):
-            group.create_array(f"layers/{layer}/mean_active_value", data=values)
+        for name, vectors in per_layer.items():
+            for layer, values in enumerate(vectors):
+                group.create_array(f"layers/{layer}/{name}", data=np.asarray(values))
         for layer, pair in enumerate(pairs[1:], start=1):
             pair.write(group.create_group(f"pairs/{layer}"))
         write_header(group, GRAPH_KIND, **fields)
@@ -170,18 +175,41 @@ def read_graph(path: str | os.PathLike) -> tuple[dict, dict]:
     meta : dict
         The header.
     arrays : dict
-        ``pairs`` (list, None first), ``held_out``, ``mean_active`` (list per layer) and
-        ``settings`` (:class:`Settings`).
+        ``pairs`` (list, None first), ``held_out``, ``per_layer`` (``mean_active`` and
+        ``input_scale``, lists per layer) and ``settings`` (:class:`Settings`).
+
+    Raises
+    ------
+    InvalidInputError
+        For a graph of the first layout (no ``input_encoding`` in its settings) fit on the
+        signed codes themselves: its models expect inputs that this daskdict no longer makes.
+        Such a graph fit with ``binarize_inputs=True`` saw the support, as now, and is read.
     """
     group, meta = open_kind(readable_path(path), GRAPH_KIND)
     n_layers = len(meta["n_concepts"])
+    settings = dict(meta["settings"])
+    first_layout = "input_encoding" not in settings
+    if first_layout:
+        if not settings.get("binarize_inputs"):
+            raise InvalidInputError(
+                f"{str(path)!r} is a concept graph of the first layout (settings without "
+                "'input_encoding', daskdict format 1), fit on signed codes: its models expect "
+                "the raw codes, while this daskdict feeds each concept as |x| over its mean "
+                "active |x|. Refit it (its parameters are in its header).")
+        settings["input_encoding"] = "support"
+    n_concepts = list(meta["n_concepts"])
     arrays = {
         "pairs": [None] + [PairResult.read(group[f"pairs/{layer}"])
                            for layer in range(1, n_layers)],
         "held_out": np.asarray(group["held_out"][...]),
-        "mean_active": [np.asarray(group[f"layers/{layer}/mean_active_value"][...])
-                        for layer in range(n_layers)],
-        "settings": Settings(**meta["settings"]),
+        "per_layer": {
+            "mean_active": [np.asarray(group[f"layers/{layer}/mean_active_value"][...])
+                            for layer in range(n_layers)],
+            # the support needs no scale: a binarised graph of the first layout has none
+            "input_scale": [np.ones(n_concepts[layer]) if first_layout
+                            else np.asarray(group[f"layers/{layer}/input_scale"][...])
+                            for layer in range(n_layers)]},
+        "settings": Settings(**settings),
     }
     return meta, arrays
 

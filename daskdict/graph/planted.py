@@ -174,9 +174,9 @@ def make_planted_graph(n_samples: int = 4000, n_concepts: Sequence[int] = (48, 4
     signed : bool, default=True
         Coefficients ``z + 0.25 sign(z)``, z ~ N(0, 1) (Gaussian like the K-SVD paper's test,
         never near zero); else their absolute values. K-SVD recovers planted atoms from signed
-        mixtures but mostly fails on positive ones (all samples in one cone), while the sign of
-        a signed code says nothing about activity: fit graphs on signed codes with
-        ``binarize_inputs=True``, and on positive codes with either.
+        mixtures but mostly fails on positive ones (all samples in one cone). The sign of a
+        signed code says nothing about activity; :class:`~daskdict.graph.ConceptGraph` drops
+        it (its inputs are magnitudes, or the support with ``binarize_inputs=True``).
     random_state : int, Generator or None
 
     Returns

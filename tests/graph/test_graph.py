@@ -33,7 +33,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def fitted(planted):
-    # planted codes have random signs: their support is what carries the activity
+    # the binarize_inputs option (tests/graph/test_inputs.py fits the defaults)
     return ConceptGraph(binarize_inputs=True, random_state=0, client="threads").fit(
         planted.codes)
 
@@ -87,9 +87,12 @@ def test_real_valued_inputs_on_positive_codes():
     scores = edge_scores(graph, planted)
     assert scores["precision"] >= 0.9 and scores["recall"] >= 0.9
     assert scores["median_auc_driven"] >= 0.95
-    # inference feeds a predicted concept to the next layer as its mean training code
+    # mean_active_value_ describes the codes; the models see |x| over the training rows' mean
     np.testing.assert_allclose(graph.mean_active_value_[1][0],
                                planted.codes[1].tocsc()[:, 0].data.mean())
+    train = np.setdiff1d(np.arange(N_SAMPLES), graph.held_out_)
+    np.testing.assert_allclose(graph.input_scale_[1][0],
+                               planted.codes[1][train].tocsc()[:, 0].data.mean())
     predicted = graph.score_predictions(planted.codes)
     assert np.nanmedian(np.asarray(predicted["auc"], dtype=float)[planted.driven(1)]) > 0.95
 
@@ -216,6 +219,9 @@ def test_resume_after_a_finished_pair(fitted, planted, tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointMismatchError, match="other parameters"):
         ConceptGraph(**{**params, "penalty": 2.0}).fit(planted.codes, checkpoint=checkpoint)
+    with pytest.raises(CheckpointMismatchError, match="other parameters"):
+        ConceptGraph(**{**params, "binarize_inputs": False}).fit(planted.codes,
+                                                                 checkpoint=checkpoint)
     other_codes = [planted.codes[0], planted.codes[2], planted.codes[1]]
     with pytest.raises(CheckpointMismatchError, match="other codes"):
         ConceptGraph(**params).fit(other_codes, checkpoint=checkpoint)
