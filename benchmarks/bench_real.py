@@ -68,7 +68,7 @@ PROTOCOL (fixed)
   controls  random sets (same sizes as daskdict's concepts); label null (sections and tags
             shuffled across held-out items, scored on daskdict's concepts: PASS if within
             {tol} of random sets on purity and agreement); daskdict on the same model with
-            random weights (seed 0); geometry alignment of each raw layer"""
+            random weights (torch.manual_seed(0)); geometry alignment of each raw layer"""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "aksvd_iter": 10, "sae_lr": 1e-3, "sae_max_epochs": 50}
     if args.quick:
         args.corpus, args.layers, args.atoms, args.seeds = None, ["final"], [128], [0, 1]
-        args.settings.update(n_iter=5, aksvd_iter=5, sae_max_epochs=10)
+        args.settings.update(n_iter=5, aksvd_iter=5)
     if len(args.seeds) < 2:
         parser.error("--seeds needs at least two seeds (stability compares the first two)")
     return args
@@ -104,7 +104,7 @@ def _store_name(name: str, texts: list[str]) -> str:
 
 
 def random_weights_model(model: str, workdir: Path) -> Path:
-    """A copy of the model folder with weights drawn from its config (seed 0)."""
+    """A copy of the model folder with weights drawn from its config (``torch.manual_seed(0)``)."""
     import torch
     from transformers import AutoConfig, AutoModel
 

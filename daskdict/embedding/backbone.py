@@ -92,7 +92,7 @@ class Backbone:
 
         with torch.inference_mode():
             out = self.tower(pixel_values=pixel_values, output_hidden_states=True)
-            hidden = _token_hidden_states(out)
+            hidden = token_hidden_states(out)
             parts = []
             for index in hidden_indices:
                 state = hidden[index]
@@ -115,17 +115,22 @@ class Backbone:
         return out.last_hidden_state.float().mean(dim=1)
 
 
-def _token_hidden_states(out):
+VISION_MODELS = "vision backbone (CLIP, SigLIP, ViT, DeiT, DINOv2, ...)"
+
+
+def token_hidden_states(out, expected: str = VISION_MODELS):
+    """The hidden states of a model output; raise unless they are (batch, tokens, width).
+
+    ``expected`` names the kind of model that would have given them, for the message.
+    """
     hidden = getattr(out, "hidden_states", None)
     if not hidden or any(getattr(h, "ndim", 0) != 3 for h in hidden):
         shapes = [tuple(h.shape) for h in hidden] if hidden else None
         raise InvalidInputError(
             "Expected the model to return hidden states of shape (batch, tokens, width) with "
             f"output_hidden_states=True. Got {shapes}. daskdict.embed needs a transformer "
-            "vision backbone (CLIP, SigLIP, ViT, DeiT, DINOv2, ...)."
-        )
+            f"{expected}.")
     return hidden
-
 
 def load_backbone(model: str | os.PathLike) -> tuple[Backbone, Any]:
     """Load a vision backbone and its image processor by name or local folder.
@@ -341,7 +346,7 @@ def probe_widths(backbone: Backbone, processor, layers, device, dtype) -> dict[s
             f"The model could not embed an image ({type(exc).__name__}: {exc}). daskdict.embed "
             "needs a vision backbone that takes pixel_values and returns hidden states."
         ) from exc
-    hidden = _token_hidden_states(out)
+    hidden = token_hidden_states(out)
     names = select_layers(layers, len(hidden))
     widths = {n: int(hidden[hidden_index(n)].shape[-1]) for n in names if n != "final"}
     if "final" in names:

@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from daskdict.embedding.backbone import hidden_index, require_extras, run_halving, select_layers
+from daskdict.embedding.backbone import (
+    hidden_index,
+    require_extras,
+    run_halving,
+    select_layers,
+    token_hidden_states,
+)
 from daskdict.errors import InvalidInputError
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,6 +44,7 @@ _LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_token
                         "pooling_mode_lasttoken": "lasttoken"}
 # the longest input when neither the model nor sentence-transformers says
 MAX_LENGTH = 512
+TEXT_MODELS = "text encoder (BERT, RoBERTa, MiniLM, MPNet, ...) for texts"
 
 
 @dataclass
@@ -126,7 +133,7 @@ class TextEncoder:
 
         with torch.inference_mode():
             out = self.model(**inputs, output_hidden_states=True)
-            hidden = token_hidden_states(out)
+            hidden = token_hidden_states(out, TEXT_MODELS)
             mask = inputs["attention_mask"]
             parts = []
             for index in hidden_indices:
@@ -150,18 +157,6 @@ def _forward_parameters(model) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
     return set(parameters)
-
-
-def token_hidden_states(out):
-    """The hidden states of a model output; raise unless they are (batch, tokens, width)."""
-    hidden = getattr(out, "hidden_states", None)
-    if not hidden or any(getattr(h, "ndim", 0) != 3 for h in hidden):
-        shapes = [tuple(h.shape) for h in hidden] if hidden else None
-        raise InvalidInputError(
-            "Expected the model to return hidden states of shape (batch, tokens, width) with "
-            f"output_hidden_states=True. Got {shapes}. daskdict.embed needs a transformer "
-            "text encoder (BERT, RoBERTa, MiniLM, MPNet, ...) for texts.")
-    return hidden
 
 
 def pool(state, mask, mode: str):
@@ -339,7 +334,7 @@ def probe_text_widths(encoder: TextEncoder, layers, pooling: str, tokens: bool, 
             f"The model could not embed a text ({type(exc).__name__}: {exc}). daskdict.embed "
             "needs a text encoder that takes the tokenizer's inputs and returns hidden states."
         ) from exc
-    hidden = token_hidden_states(out)
+    hidden = token_hidden_states(out, TEXT_MODELS)
     names = select_layers(layers, len(hidden))
     if tokens and "final" in names:
         if layers != "all":
