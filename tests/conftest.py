@@ -65,3 +65,22 @@ def _clusters_are_marked(request, monkeypatch):
     yield
     if started:
         pytest.fail(f"{request.node.nodeid} starts a LocalCluster: mark it @pytest.mark.cluster")
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for name, node in group.members():
+        if isinstance(node, zarr.Group):
+            out.update(_arrays(node, f"{prefix}{name}/"))
+        else:
+            out[f"{prefix}{name}"] = np.asarray(node[...])
+    return out
+
+
+def assert_same_store(a, b) -> None:
+    """Two embedding stores hold the same arrays, bit for bit, and the same header."""
+    arrays_a, arrays_b = _arrays(a.group), _arrays(b.group)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for name, values in arrays_a.items():
+        np.testing.assert_array_equal(values, arrays_b[name], err_msg=name)
+    assert a.attrs == b.attrs

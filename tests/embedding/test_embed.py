@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import assert_same_store
 
 import daskdict
 from daskdict.cli.app import main as cli_main
@@ -195,24 +196,6 @@ def _direct_forward(kind: str, model_path: str, images) -> tuple[list[np.ndarray
     else:
         hidden = [h[:, 0].numpy() for h in out.hidden_states]
     return hidden, final.numpy()
-
-
-def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for name, node in group.members():
-        if isinstance(node, zarr.Group):
-            out.update(_arrays(node, f"{prefix}{name}/"))
-        else:
-            out[f"{prefix}{name}"] = np.asarray(node[...])
-    return out
-
-
-def assert_same_store(a: daskdict.EmbeddingStore, b: daskdict.EmbeddingStore) -> None:
-    arrays_a, arrays_b = _arrays(a.group), _arrays(b.group)
-    assert sorted(arrays_a) == sorted(arrays_b)
-    for name, values in arrays_a.items():
-        np.testing.assert_array_equal(values, arrays_b[name], err_msg=name)
-    assert a.attrs == b.attrs
 
 
 def _rows_done(path: Path) -> int:

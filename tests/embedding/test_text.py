@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import assert_same_store
 
 import daskdict
 from daskdict.embedding.text import TextEncoder
@@ -100,24 +101,6 @@ def _direct(model: Path, texts: list[str], max_length: int):
 def _masked_mean(state: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask[:, :, None].astype(np.float32)
     return (state * weights).sum(axis=1) / weights.sum(axis=1)
-
-
-def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for name, node in group.members():
-        if isinstance(node, zarr.Group):
-            out.update(_arrays(node, f"{prefix}{name}/"))
-        else:
-            out[f"{prefix}{name}"] = np.asarray(node[...])
-    return out
-
-
-def _assert_same_store(a: daskdict.EmbeddingStore, b: daskdict.EmbeddingStore) -> None:
-    arrays_a, arrays_b = _arrays(a.group), _arrays(b.group)
-    assert sorted(arrays_a) == sorted(arrays_b)
-    for name, values in arrays_a.items():
-        np.testing.assert_array_equal(values, arrays_b[name], err_msg=name)
-    assert a.attrs == b.attrs
 
 
 # --------------------------------------------------------------------------- the bar
@@ -275,7 +258,7 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, tiny_bert, monkeypa
     # rows past the counter hold junk, as a run killed while writing would leave them
     zarr.open_group(path, mode="r+")["layers/hidden_01"][header["rows_done"]:] = 7.0
     resumed = daskdict.embed(texts=texts, store=path, **kwargs)
-    _assert_same_store(resumed, reference)
+    assert_same_store(resumed, reference)
     # another pooling is another run
     if not tokens:
         with pytest.raises(CheckpointMismatchError, match="pooling"):
