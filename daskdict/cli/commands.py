@@ -27,7 +27,7 @@ from daskdict.errors import InvalidInputError, OutputNotWritableError
 from daskdict.evaluation import recovered_fraction
 from daskdict.evaluation.metrics import clip_text_encoder
 from daskdict.explanations.explain import explanation_accuracy
-from daskdict.io.formats import check_apart, check_output, describe, kind_of
+from daskdict.io.formats import check_apart, check_folder, check_output, describe, kind_of
 from daskdict.report import write_report
 from daskdict.validation import check_positive_int
 
@@ -264,7 +264,7 @@ def graph(args: Namespace) -> int:
     """``daskdict graph``: one dictionary per layer, then the concept graph between them."""
     work = Path(args.work) if args.work else Path(f"{args.out}.work")
     out = check_out(args.out, "concept graph", [args.store, work], args.force)
-    check_apart(work, [args.store, args.out])
+    check_folder(work, [args.store, args.out], "the work folder")
     names = args.layers or sorted(name for name in daskdict.open_store(args.store).layer_names
                                   if name.startswith("hidden_"))
     if len(names) < 2:

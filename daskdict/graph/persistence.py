@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import zarr
 
-from daskdict.errors import CheckpointMismatchError, InvalidInputError, OutputNotWritableError
+from daskdict.errors import CheckpointMismatchError, InvalidInputError
 from daskdict.graph.fitting import PairResult, Settings
 from daskdict.io.atomic import atomic_group, readable_path, recover_replaced
 from daskdict.io.formats import (
     HEADER_KEY,
+    check_folder,
     check_output,
-    kind_of,
     open_kind,
     write_header,
 )
@@ -74,15 +74,7 @@ def open_checkpoint(checkpoint: str | os.PathLike, n_layers: int,
         If the folder is another daskdict object, cannot be written, or a pair path holds
         something that is not a concept-graph pair.
     """
-    checkpoint = Path(checkpoint)
-    found = kind_of(checkpoint)
-    if found is not None:
-        raise OutputNotWritableError(
-            f"The checkpoint {str(checkpoint)!r} holds daskdict {found}; a concept-graph "
-            "checkpoint is a folder of its own. Choose another path.")
-    if checkpoint.is_file():
-        raise OutputNotWritableError(
-            f"The checkpoint {str(checkpoint)!r} is a file; a checkpoint is a folder.")
+    checkpoint = check_folder(checkpoint, inputs, "the checkpoint")
     saved = {}
     for layer in range(1, n_layers):
         path = recover_replaced(pair_path(checkpoint, layer))

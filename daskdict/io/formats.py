@@ -275,6 +275,36 @@ def check_apart(path: str | os.PathLike, inputs: Iterable[Any]) -> Path:
     return check_writable(path)
 
 
+def check_folder(path: str | os.PathLike, inputs: Iterable[Any], what: str) -> Path:
+    """Check a folder that holds a run's outputs (a work folder, a graph checkpoint).
+
+    It may exist (a rerun resumes there), but it may not be a file, a daskdict object itself,
+    or an input (nor hold one or lie inside one), and its place must take new files.
+
+    Parameters
+    ----------
+    path : str or path-like
+    inputs : iterable
+        The run's inputs; entries that are not paths are skipped.
+    what : str
+        Names the folder in the message (``"the checkpoint"``, ``"the output folder"``).
+
+    Raises
+    ------
+    OutputNotWritableError
+    """
+    path = check_apart(path, inputs)  # being an input is the first thing to say
+    found = kind_of(path)
+    if found is not None:
+        raise OutputNotWritableError(
+            f"{what.capitalize()} {str(path)!r} holds daskdict {found}; it must be a folder of "
+            "its own. Choose another path.")
+    if path.is_file():
+        raise OutputNotWritableError(f"{what.capitalize()} {str(path)!r} is a file; it must "
+                                     "be a folder.")
+    return path
+
+
 def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[Any] = (),
                  overwrite: bool = False, file: bool = False) -> Path:
     """The writer rule: check an output path before any work starts.

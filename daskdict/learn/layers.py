@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from daskdict.compute.runtime import runtime
-from daskdict.errors import InvalidInputError, OutputNotWritableError
-from daskdict.io.formats import check_output, check_writable, kind_of
+from daskdict.errors import InvalidInputError
+from daskdict.io.formats import check_folder, check_output
 from daskdict.io.store import EmbeddingStore, open_store
 from daskdict.learn.training import fit
 from daskdict.validation import check_positive_int
@@ -61,16 +61,7 @@ def check_out_dir(out_dir: str | os.PathLike, names: Sequence[str],
     The folder may not be a daskdict object, nor the store, nor inside it (or hold it); each
     layer's outputs may replace only outputs of the same kind (a rerun resumes there).
     """
-    directory = Path(out_dir)
-    found = kind_of(directory)
-    if found is not None:
-        raise OutputNotWritableError(
-            f"The output folder {str(directory)!r} holds daskdict {found}; fit_layers writes "
-            "its dictionaries and codes into a folder of their own. Choose another path.")
-    check_writable(directory)
-    if directory.exists() and not directory.is_dir():
-        raise OutputNotWritableError(
-            f"The output folder {str(directory)!r} is a file; pass a folder.")
+    directory = check_folder(out_dir, [store_path], "the output folder")
     for name in names:
         outputs = layer_outputs(directory, name)
         for kind in ("dictionary", "codes"):  # fit checks its own checkpoint
