@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,6 +37,9 @@ class Fitted:
         Wall time of the fit alone.
     info : dict
         Anything else worth recording (the SAE's epochs).
+    levels : list of list of ndarray, optional
+        For a dictionary with levels, the representative items of each level's concepts
+        (``groups`` are the first level's: the concepts a user sees first).
     """
 
     atoms: np.ndarray
@@ -43,6 +47,7 @@ class Fitted:
     error: float
     seconds: float
     info: dict = field(default_factory=dict)
+    levels: list[list[np.ndarray]] | None = None
 
 
 def relative_error(y: np.ndarray, y_hat: np.ndarray) -> float:
@@ -70,17 +75,33 @@ def top_items(scores: np.ndarray | sp.spmatrix, n_top: int) -> list[np.ndarray]:
     return out
 
 
-def fit_daskdict(train, test, n_atoms, seed, settings) -> Fitted:
+def fit_daskdict(train, test, n_atoms, seed, settings, positive=False) -> Fitted:
     """daskdict's default fit (approximate K-SVD, OMP) and its held-out codes."""
     start = time.perf_counter()
     model = daskdict.fit(train, n_atoms=n_atoms, n_nonzero=settings["n_nonzero"],
                          n_iter=settings["n_iter"], random_state=seed, client="threads",
-                         verbose=False)
+                         positive=positive, verbose=False)
     seconds = time.perf_counter() - start
     codes = model.encode(test, client="threads")
     csr = codes.to_csr()
     error = relative_error(test, np.asarray(csr @ model.atoms))
     return Fitted(model.atoms, top_items(abs(csr), settings["n_top"]), error, seconds)
+
+
+def fit_daskdict_levels(train, test, n_atoms, seed, settings, positive=False) -> Fitted:
+    """daskdict with two levels: ``n_atoms`` coarse concepts with one per item, then
+    ``n_atoms`` finer ones with ``n_nonzero - 1`` per item on what the first leaves."""
+    k = settings["n_nonzero"]
+    start = time.perf_counter()
+    model = daskdict.fit(train, n_atoms=[n_atoms, n_atoms], n_nonzero=[1, k - 1],
+                         n_iter=settings["n_iter"], random_state=seed, client="threads",
+                         positive=positive, verbose=False)
+    seconds = time.perf_counter() - start
+    csr = model.encode(test, client="threads").to_csr()
+    error = relative_error(test, np.asarray(csr @ model.atoms))
+    per_level = [top_items(abs(csr[:, a:b]), settings["n_top"])
+                 for a, b in ((0, n_atoms), (n_atoms, 2 * n_atoms))]
+    return Fitted(model.atoms[:n_atoms], per_level[0], error, seconds, levels=per_level)
 
 
 def fit_kmeans(train, test, n_atoms, seed, settings) -> Fitted:
@@ -226,6 +247,9 @@ def _train_sae(torch, train, test, n_atoms, seed, settings) -> Fitted:
 
 METHODS = {
     "daskdict": fit_daskdict,
+    "daskdict-levels": fit_daskdict_levels,
+    "daskdict+positive": partial(fit_daskdict, positive=True),
+    "daskdict-levels+positive": partial(fit_daskdict_levels, positive=True),
     "kmeans": fit_kmeans,
     "pca": fit_pca,
     "sklearn-mbdl": fit_sklearn,

@@ -82,18 +82,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--atoms", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--iters", type=int, default=20,
+                        help="K-SVD iterations of daskdict's fits (default 20)")
+    parser.add_argument("--nonzeros", nargs="+", type=int, default=[5],
+                        help="non-zeros per item; several trace the purity-error frontier "
+                        "(k-means and PCA, which have none, run once)")
     parser.add_argument("--no-random-weights", action="store_true",
                         help="skip the random-weights control (it embeds the corpus again)")
+    parser.add_argument("--name", help="results file under benchmarks/results (default: "
+                        "bench_real, or bench_real_quick with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="shipped sample, final layer, 128 concepts, seeds 0 1, few iterations")
     args = parser.parse_args(argv)
-    args.settings = {"n_nonzero": 5, "n_top": 20, "n_iter": 20, "sklearn_iter": 1,
+    args.settings = {"n_nonzero": 5, "n_top": 20, "n_iter": args.iters, "sklearn_iter": 1,
                      "aksvd_iter": 10, "sae_lr": 1e-3, "sae_max_epochs": 50}
     if args.quick:
         args.corpus, args.layers, args.atoms, args.seeds = None, ["final"], [128], [0, 1]
         args.settings.update(n_iter=5, aksvd_iter=5)
     if len(args.seeds) < 2:
         parser.error("--seeds needs at least two seeds (stability compares the first two)")
+    if min(args.nonzeros) < 1:
+        parser.error("--nonzeros must be positive")
     return args
 
 
@@ -166,34 +175,59 @@ def controls(groups: list[np.ndarray], view: dict, seed: int) -> list[tuple[str,
     return [(RANDOM_SETS, score(random_sets, view)), (LABEL_NULL, score(groups, view["null"]))]
 
 
+# Methods whose concepts do not depend on the number of non-zeros (run once per cell).
+ONE_SPARSITY = {"kmeans", "pca"}
+
+
 def run_cell(data: dict, split, view: dict, key: tuple, args, atoms_by: dict) -> list[dict]:
-    """Every method (and the controls) on one layer, number of concepts and seed."""
+    """Every method (and the controls) on one layer, number of concepts and seed, at each
+    number of non-zeros."""
     layer, n_atoms, seed = key
-    train, test = split
-    y = data["real"][layer]
     records = []
-    for method in args.methods:
-        if method in args.skipped:
-            continue
-        fitted = METHODS[method](y[train], y[test], n_atoms, seed, args.settings)
-        records.append({"method": method, **score(fitted.groups, view), "error": fitted.error,
-                        "seconds": fitted.seconds, **fitted.info})
-        atoms_by.setdefault((method, layer, n_atoms), {})[seed] = fitted.atoms
-        if method == "daskdict":
-            records += [{"method": name, **scores} for name, scores in
-                        controls(fitted.groups, view, seed)]
-    if "random" in data:
-        y = data["random"][layer]
-        fitted = fit_daskdict(y[train], y[test], n_atoms, seed, args.settings)
-        records.append({"method": RANDOM_WEIGHTS, **score(fitted.groups, view),
-                        "error": fitted.error, "seconds": fitted.seconds})
-        atoms_by.setdefault((RANDOM_WEIGHTS, layer, n_atoms), {})[seed] = fitted.atoms
+    for n_nonzero in args.nonzeros:
+        settings = {**args.settings, "n_nonzero": n_nonzero}
+        for method in args.methods:
+            once = method in ONE_SPARSITY
+            if method in args.skipped or (once and n_nonzero != args.nonzeros[0]) or (
+                    method.startswith("daskdict-levels") and n_nonzero < 2):
+                continue
+            fitted = METHODS[method](data["real"][layer][split[0]], data["real"][layer][split[1]],
+                                     n_atoms, seed, settings)
+            records += method_records(method, fitted, view, seed, None if once else n_nonzero)
+            atoms_by.setdefault((method, layer, n_atoms, None if once else n_nonzero),
+                                {})[seed] = fitted.atoms
+        if "random" in data and n_nonzero == args.settings["n_nonzero"]:
+            y = data["random"][layer]
+            fitted = fit_daskdict(y[split[0]], y[split[1]], n_atoms, seed, settings)
+            records += method_records(RANDOM_WEIGHTS, fitted, view, seed, n_nonzero)
+            atoms_by.setdefault((RANDOM_WEIGHTS, layer, n_atoms, n_nonzero), {})[seed] = \
+                fitted.atoms
     for record in records:
         record.update(layer=layer, atoms=n_atoms, seed=seed)
-        print(f"  {layer} K={n_atoms} seed={seed} {record['method']}: purity "
-              f"{record['purity']:.3f} agreement {record['agreement']:.3f}"
+        print(f"  {layer} K={n_atoms} k={record['nonzero']} seed={seed} {record['method']}: "
+              f"purity {record['purity']:.3f} agreement {record['agreement']:.3f}"
               + (f" error {record['error']:.3f} {record['seconds']:.1f} s"
                  if "error" in record else ""), flush=True)
+    return records
+
+
+def method_records(method: str, fitted, view: dict, seed: int, n_nonzero: int | None
+                   ) -> list[dict]:
+    """The method's record (its first level where it has levels), its lower levels' records,
+    and for daskdict's default the two controls."""
+    records = [{"method": method, **score(fitted.groups, view), "error": fitted.error,
+                "seconds": fitted.seconds, **fitted.info}]
+    for level, groups in enumerate((fitted.levels or [])[1:], start=1):
+        records.append({"method": f"{method}/level{level}", **score(groups, view),
+                        "error": fitted.error, "seconds": fitted.seconds})
+    if method == "daskdict":
+        records += [{"method": name, **scores} for name, scores in
+                    controls(fitted.groups, view, seed)]
+    elif fitted.levels:  # its first level's groups are smaller: their own random floor
+        records.append({"method": f"{method}/{RANDOM_SETS}",
+                        **controls(fitted.groups, view, seed)[0][1]})
+    for record in records:
+        record["nonzero"] = n_nonzero
     return records
 
 
@@ -217,7 +251,7 @@ def run_protocol(corpus, data: dict, args) -> tuple[list[dict], list[dict], dict
 
 
 def stabilities(atoms_by: dict, pair: tuple[int, int]) -> dict[tuple, float]:
-    """Stability of each (method, layer, atoms) between the fits of the seed pair."""
+    """Stability of each (method, layer, atoms, nonzero) between the fits of the seed pair."""
     return {key: stability(fits[pair[0]], fits[pair[1]]) for key, fits in atoms_by.items()
             if pair[0] in fits and pair[1] in fits}
 
@@ -232,13 +266,14 @@ def _cell(row: dict, measure: str, digits: int = 3) -> str:
 
 def print_tables(summary: list[dict], stable: dict, geometry: list[dict]) -> dict:
     """The results table, the null check and the geometry table; returns the null check."""
-    headers = ["method", "layer", "K", "purity", "agreement", "hierarchy", "rel.error",
+    headers = ["method", "layer", "K", "k", "purity", "agreement", "hierarchy", "rel.error",
                "stability", "seconds", "concepts", "left out", "runs"]
-    rows = [[r["method"], r["layer"], r["atoms"], _cell(r, "purity"), _cell(r, "agreement"),
-             _cell(r, "hierarchy"), _cell(r, "error"),
-             f"{stable[key]:.3f}" if (key := (r["method"], r["layer"], r["atoms"])) in stable
-             else "-", _cell(r, "seconds", 1), _cell(r, "n_concepts", 0),
-             _cell(r, "n_left_out", 0), r["n_runs"]] for r in summary]
+    rows = [[r["method"], r["layer"], r["atoms"], "-" if r["nonzero"] is None else r["nonzero"],
+             _cell(r, "purity"), _cell(r, "agreement"), _cell(r, "hierarchy"), _cell(r, "error"),
+             f"{stable[key]:.3f}" if (key := (r["method"], r["layer"], r["atoms"],
+                                                r["nonzero"])) in stable else "-",
+             _cell(r, "seconds", 1), _cell(r, "n_concepts", 0), _cell(r, "n_left_out", 0),
+             r["n_runs"]] for r in summary]
     print()
     table(headers, rows, title="concept quality on held-out rows (mean±std over seeds)")
     null = check_null(summary)
@@ -252,19 +287,57 @@ def print_tables(summary: list[dict], stable: dict, geometry: list[dict]) -> dic
 
 def check_null(summary: list[dict]) -> dict:
     """The label null against random sets, per layer and number of concepts."""
-    by_cell = {(r["method"], r["layer"], r["atoms"]): r for r in summary}
+    by_cell = {(r["method"], r["layer"], r["atoms"], r["nonzero"]): r for r in summary}
     checks = []
-    for (method, layer, n_atoms), row in by_cell.items():
-        floor = by_cell.get((RANDOM_SETS, layer, n_atoms))
+    for (method, layer, n_atoms, n_nonzero), row in by_cell.items():
+        floor = by_cell.get((RANDOM_SETS, layer, n_atoms, n_nonzero))
         if method != LABEL_NULL or floor is None:
             continue
         diff = {m: row[m + "_mean"] - floor[m + "_mean"] for m in ("purity", "agreement")}
         ok = all(abs(d) <= NULL_TOLERANCE for d in diff.values())
-        checks.append({"layer": layer, "atoms": n_atoms, **diff, "pass": ok})
-        print(f"label null - random sets [{layer}, K={n_atoms}]: purity {diff['purity']:+.4f}, "
+        checks.append({"layer": layer, "atoms": n_atoms, "nonzero": n_nonzero, **diff,
+                       "pass": ok})
+        print(f"label null - random sets [{layer}, K={n_atoms}, k={n_nonzero}]: purity "
+              f"{diff['purity']:+.4f}, "
               f"agreement {diff['agreement']:+.4f} (tolerance {NULL_TOLERANCE}): "
               f"{verdict(ok)}")
     return {"checks": checks, "pass": bool(checks) and all(c["pass"] for c in checks)}
+
+
+FRONTIER_STYLE = {"daskdict": "o-", "daskdict-levels": "s-", "topk-sae": "^-",
+                  "sklearn-mbdl": "v-", "aksvd": "d-"}
+
+
+def plot_frontier(summary: list[dict], path: Path) -> None:
+    """Purity against relative error over the numbers of non-zeros, a panel per layer and
+    number of concepts; k-means as a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r["layer"], r["atoms"]) for r in summary})
+    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4), squeeze=False)
+    for ax, (layer, n_atoms) in zip(axes[0], cells, strict=True):
+        rows = [r for r in summary if (r["layer"], r["atoms"]) == (layer, n_atoms)]
+        for method, style in FRONTIER_STYLE.items():
+            line = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nonzero"])
+            if line:
+                ax.plot([r["error_mean"] for r in line], [r["purity_mean"] for r in line],
+                        style, label=method)
+                for r in line:
+                    ax.annotate(str(r["nonzero"]), (r["error_mean"], r["purity_mean"]),
+                                textcoords="offset points", xytext=(3, 3), fontsize=7)
+        for r in rows:
+            if r["method"] == "kmeans":
+                ax.plot(r["error_mean"], r["purity_mean"], "k*", markersize=12, label="k-means")
+        ax.set(xlabel="relative error (held-out)", ylabel="section purity",
+               title=f"{layer}, K={n_atoms} (numbers: non-zeros)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"frontier plot written to {path}")
 
 
 def main(argv=None) -> int:
@@ -295,19 +368,21 @@ def main(argv=None) -> int:
                                       "minilm-random-weights", workdir)
     start = time.perf_counter()
     records, geometry, atoms_by = run_protocol(corpus, data, args)
-    summary = compare(records, by=("method", "layer", "atoms"), measures=MEASURES,
+    summary = compare(records, by=("method", "layer", "atoms", "nonzero"), measures=MEASURES,
                       as_frame=False)
     stable = stabilities(atoms_by, tuple(args.seeds[:2]))
     null = print_tables(summary, stable, geometry)
     print(f"\nlabel null within {NULL_TOLERANCE} of random sets: {verdict(null['pass'])}; "
           f"protocol {time.perf_counter() - start:.0f} s")
-    write_json("bench_real_quick" if args.quick else "bench_real", {
+    write_json(args.name or ("bench_real_quick" if args.quick else "bench_real"), {
         "protocol": PROTOCOL, "corpus": args.corpus or "shipped sample",
         "n_items": len(corpus), "layers": args.layers, "atoms": args.atoms,
         "seeds": args.seeds, "settings": settings, "skipped": args.skipped,
         "records": records, "summary": summary, "geometry": geometry, "null_check": null,
-        "stability": [{"method": m, "layer": lay, "atoms": k, "stability": v}
-                      for (m, lay, k), v in stable.items()]})
+        "stability": [{"method": m, "layer": lay, "atoms": k, "nonzero": nz, "stability": v}
+                      for (m, lay, k, nz), v in stable.items()]})
+    if len(args.nonzeros) > 1:
+        plot_frontier(summary, RESULTS / f"{args.name or 'bench_real'}_frontier.png")
     return 0 if null["pass"] else 1
 
 

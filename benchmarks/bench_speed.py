@@ -182,6 +182,9 @@ def main():
     parser.add_argument("--n-atoms", type=int, default=3072)
     parser.add_argument("--n-nonzero", type=int, default=10)
     parser.add_argument("--snr", type=float, default=20.0)
+    parser.add_argument("--positive", action="store_true",
+                        help="fit with non-negative codes (positive=True); bench_positive.py "
+                        "compares the two coders side by side")
     parser.add_argument("--n-iter", type=int, default=6,
                         help="iterations R of the timed fit (iteration 1 is not counted)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each bare product "
@@ -239,6 +242,7 @@ def main():
                     model = daskdict.fit(str(path), n_atoms=args.n_atoms,
                                          n_nonzero=args.n_nonzero, n_iter=n_iter,
                                          client=client, random_state=0, verbose=False,
+                                         positive=args.positive,
                                          checkpoint=checkpoint / "run.zarr")
                 tasks.append(share_tasks(stream.data))
                 bares.append(bare_product(y, d0, args.repeats))

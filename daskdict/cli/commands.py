@@ -90,15 +90,21 @@ def fit(args: Namespace) -> int:
         client = _client(args)
         if args.cluster != "local" or args.jobs is not None:
             client = stack.enter_context(daskdict.cluster(args.cluster, jobs=args.jobs))
-        model = daskdict.fit(args.store, n_atoms=args.atoms, n_nonzero=args.nonzero,
-                             n_iter=args.iters, layer=args.layer, coder=args.coder,
+        model = daskdict.fit(args.store, n_atoms=_one_or_levels(args.atoms),
+                             n_nonzero=_one_or_levels(args.nonzero), n_iter=args.iters,
+                             layer=args.layer, coder=args.coder, positive=args.positive,
                              update=args.update, tol=args.tol, random_state=args.seed,
                              checkpoint=args.checkpoint, dtype=args.dtype, client=client,
                              verbose=not args.quiet)
     model.save(out, overwrite=args.force)
     last = model.history[-1] if model.history else {}
-    return _emit({"out": str(out), "n_atoms": model.n_atoms,
+    return _emit({"out": str(out), "n_atoms": model.n_atoms, "level_sizes": model.level_sizes,
                   "relative_error": last.get("relative_error"), "fvu": last.get("fvu")})
+
+
+def _one_or_levels(values: list[int] | None) -> int | list[int] | None:
+    """A number given once as the number, several as one per level."""
+    return values[0] if values is not None and len(values) == 1 else values
 
 
 def default_codes_path(store: str, layer: str | None) -> str:
@@ -251,7 +257,8 @@ def report(args: Namespace) -> int:
                            graph_layer=args.graph_layer, overwrite=args.force,
                            title=args.title or f"daskdict concepts of {args.store}")
     return _emit({"out": str(written), "explanations": str(table or args.explanations),
-                  "n_atoms": len(explanations), "method": explanations.meta.get("method")})
+                  "n_concepts": len(explanations), "n_atoms": explanations.meta.get("n_atoms"),
+                  "method": explanations.meta.get("method")})
 
 
 def _median(values: Any) -> float | None:

@@ -26,10 +26,17 @@ def _out(p: argparse.ArgumentParser, what: str, **kwargs) -> None:
                    "anything else)")
 
 
-def _sizes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--atoms", type=int, default=None,
-                   help="number of atoms (default 4 x the width d)")
-    p.add_argument("--nonzero", type=int, default=10, help="atoms per sample (default 10)")
+def _sizes(p: argparse.ArgumentParser, levels: bool = False) -> None:
+    if levels:
+        p.add_argument("--atoms", type=int, nargs="+", default=None,
+                       help="number of atoms (default 4 x the width d); several numbers learn "
+                       "a dictionary with levels, coarse first (with as many --nonzero)")
+        p.add_argument("--nonzero", type=int, nargs="+", default=[10],
+                       help="atoms per sample (default 10), one per level")
+    else:
+        p.add_argument("--atoms", type=int, default=None,
+                       help="number of atoms (default 4 x the width d)")
+        p.add_argument("--nonzero", type=int, default=10, help="atoms per sample (default 10)")
     p.add_argument("--iters", type=int, default=10, help="K-SVD iterations (default 10)")
 
 
@@ -45,11 +52,13 @@ def _layer(p: argparse.ArgumentParser) -> None:
 def _add_fit(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("fit", help="learn a dictionary from a store or Zarr array")
     p.add_argument("store", help="embedding store or Zarr array (N x d)")
-    _sizes(p)
+    _sizes(p, levels=True)
     _layer(p)
     _out(p, "where to save the dictionary (Zarr)", required=True)
     p.add_argument("--coder", choices=("omp", "mp"), default="omp",
                    help="sparse coder: Batch-OMP or matching pursuit (default omp)")
+    p.add_argument("--positive", action="store_true",
+                   help="non-negative codes: every concept one-sided (needs --coder omp)")
     p.add_argument("--update", choices=("approx", "ksvd"), default="approx",
                    help="atom update: one power step, or the exact K-SVD (default approx)")
     p.add_argument("--tol", type=float, default=0.0,

@@ -88,7 +88,7 @@ def run(args: Namespace, workdir: Path) -> int:
     explanations = daskdict.explain(codes, store, n_top_items=N_TOP)
     explanations.save(paths["explanations"], overwrite=args.force)
     for row in explanations.rows[:5]:
-        print(f"  concept {row['atom']:>3}: {', '.join(row['themes'][:3])}")
+        print(f"  concept {row['concept']:>4}: {', '.join(row['themes'][:3])}")
     shown = np.array([row["top_rows"] + [-1] * (N_TOP - len(row["top_rows"]))
                       for row in explanations.rows])
     embeddings = store.layer_array("final")[...]

@@ -74,7 +74,8 @@ class AgreementResult:
     Attributes
     ----------
     atoms : list
-        The concepts, in the explanations' row order.
+        The concepts' labels (``"17+"``, or the atom where signs are not split), in the
+        explanations' row order.
     judged : ndarray of bool, shape (n_concepts,)
         Concepts with a theme and representative items (the others are in no rate).
     shares : ndarray of float, shape (n_concepts,)
@@ -209,8 +210,10 @@ def explanation_agreement(explanations: Explanations, labels_per_item: Sequence 
     other_shares = _shares(words, item_tokens, groups, np.where(judged, pairs, -1))
     other_judged = judged & (pairs >= 0) & np.isfinite(other_shares)
     other_agrees = other_judged & (np.nan_to_num(other_shares, nan=-1.0) >= threshold)
-    return AgreementResult(atoms=[row["atom"] for row in rows], judged=judged, shares=shares,
-                           agrees=agrees, rate=_rate(agrees, judged), other=pairs,
+    return AgreementResult(atoms=[row["atom"] if row.get("sign", "±") == "±" else row["concept"]
+                                  for row in rows],
+                           judged=judged, shares=shares, agrees=agrees,
+                           rate=_rate(agrees, judged), other=pairs,
                            other_shares=other_shares, other_agrees=other_agrees,
                            other_rate=_rate(other_agrees, other_judged), threshold=threshold,
                            first_themes=firsts)

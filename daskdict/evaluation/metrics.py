@@ -119,15 +119,29 @@ def concept_captions(codes, explanations) -> list[str]:
     list of str of length n_items
     """
     codes = codes.compute()
-    first = explanations.first_themes()
     strength = np.where(codes.indices >= 0, np.abs(codes.values), -1.0)
     order = np.argsort(-strength, axis=1, kind="stable")
     ranked = np.take_along_axis(codes.indices, order, axis=1)
+    signs = np.sign(np.take_along_axis(codes.values, order, axis=1))
+    first: dict[tuple[int, float], str] = {}  # (atom, sign): the first theme of that side
     captions = []
-    for row in ranked:
-        themes = list(dict.fromkeys(first.get(int(a), "") for a in row if a >= 0))
+    for atoms, row_signs in zip(ranked, signs, strict=True):
+        themes = list(dict.fromkeys(_first_theme(explanations, first, int(a), s)
+                                    for a, s in zip(atoms, row_signs, strict=True) if a >= 0))
         captions.append(concept_caption([t for t in themes if t]))
     return captions
+
+
+def _first_theme(explanations, cache: dict, atom: int, sign: float) -> str:
+    """The first theme of the concept explaining ``atom`` on the side of ``sign`` ("" if
+    none), remembered in ``cache``."""
+    if (atom, sign) not in cache:
+        try:
+            themes = explanations.concept_row(atom, sign)["themes"]
+        except KeyError:
+            themes = []
+        cache[(atom, sign)] = themes[0] if themes else ""
+    return cache[(atom, sign)]
 
 
 class CLIP:

@@ -3,8 +3,8 @@
 An item is a row of an embedding store, or a new text embedded on the spot through the text
 encoder the store was made with (its header names the model, the pooling and the layers), in
 the layer the dictionary was fitted on. Its concepts are the atoms of its sparse code, the
-largest |coefficient| first (an atom's sign is arbitrary, so the magnitude ranks), each with the
-themes its explanation gives.
+largest |coefficient| first, each with the themes its explanation gives: with signs split, the
+explanation of the side its coefficient is on (``"17+"`` or ``"17-"``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from daskdict.embedding.backbone import hidden_index, require_extras
 from daskdict.embedding.text import TextForward, TextInputs, load_text_encoder
 from daskdict.embedding.text_items import check_text
 from daskdict.errors import InvalidInputError
-from daskdict.explanations.table import Explanations
+from daskdict.explanations.table import Explanations, concept_label
 from daskdict.io.store import EmbeddingStore, open_store
 from daskdict.learn.dictionary import Codes, Dictionary
 from daskdict.validation import check_positive_int
@@ -163,7 +163,9 @@ def text_rows(store: EmbeddingStore, texts: Sequence[str], layer: str) -> np.nda
 
 
 def _concepts(codes: Codes, explanations: Explanations, top: int | None) -> list[list[dict]]:
-    """Per item, its atoms by decreasing |coefficient| with their themes."""
+    """Per item, its atoms by decreasing |coefficient| with the themes of their side."""
+    split = explanations.meta.get("signs") == "split"
+    levels = codes.atom_levels()
     out = []
     for indices, values in zip(codes.indices, codes.values, strict=True):
         keep = (indices >= 0) & (values != 0)
@@ -172,10 +174,12 @@ def _concepts(codes: Codes, explanations: Explanations, top: int | None) -> list
         items = []
         for atom, weight in list(zip(atoms, weights, strict=True))[:top]:
             try:
-                row = explanations[int(atom)]
-            except KeyError:  # an atom of a group, or one the table leaves out
-                row = {}
-            items.append({"atom": int(atom), "weight": float(weight),
+                row = explanations.concept_row(int(atom), float(weight))
+            except KeyError:  # an atom of a group, or a side the table leaves out
+                sign = ("+" if weight > 0 else "-") if split else "±"
+                row = {"concept": concept_label(int(atom), sign)}
+            items.append({"atom": int(atom), "concept": row["concept"],
+                          "level": int(levels[atom]), "weight": float(weight),
                           "themes": list(row.get("themes") or []),
                           "summary": str(row.get("summary") or "")})
         out.append(items)
@@ -214,8 +218,10 @@ def item_concepts(model: Dictionary | str | os.PathLike,
     -------
     list of dict of length n_items
         ``{"row", "id", "caption", "concepts"}`` per row or ``{"text", "concepts"}`` per text;
-        ``concepts`` lists ``{"atom", "weight", "themes", "summary"}``, largest |weight|
-        first (``weight`` is the code's coefficient).
+        ``concepts`` lists ``{"atom", "concept", "level", "weight", "themes", "summary"}``,
+        largest |weight| first (``weight`` is the code's coefficient; ``concept`` the label of
+        the explanation used: ``"17+"`` or ``"17-"`` by the weight's sign when the table
+        splits signs, else ``"17"``; ``level`` the atom's level, 0 without levels).
 
     Raises
     ------

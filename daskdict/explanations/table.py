@@ -25,6 +25,9 @@ from daskdict.io.atomic import write_text
 KIND = "explanations"
 COLUMNS = ("atom", "n_active", "frequency", "top_items", "top_rows", "top_captions", "themes",
            "theme_scores", "summary", "score", "status")
+# how a row is shown: written after COLUMNS, so a table saved before they existed still loads
+CONCEPT_COLUMNS = ("concept", "sign", "level")
+SIGNS = ("+", "-", "±")
 _LIST_COLUMNS = ("atom", "top_items", "top_rows", "top_captions", "themes", "theme_scores")
 # header fields that formats.header writes; the rest of a header is the table's meta
 _HEADER_FIELDS = ("format", "kind", "version")
@@ -34,14 +37,21 @@ _CSV_HEAD = ",".join(COLUMNS)
 
 
 class Explanations:
-    """Per-atom explanations: a small table with one row per atom (or group of atoms).
+    """Per-concept explanations: a small table with one row per concept.
+
+    A concept is one side of an atom (its items with positive, or with negative,
+    coefficients: ``"17+"``, ``"17-"``), a whole atom (``"17"``, items ranked by
+    |coefficient|), or a group of atoms.
 
     Columns
     -------
     atom : int (or list of int for a group of atoms)
-    n_active : int, items whose code uses the atom
+    concept : str, the label shown: ``"17+"``, ``"17-"``, ``"17"`` (or ``"3&8"`` for a group)
+    sign : str, ``"+"``, ``"-"`` or ``"±"`` (both signs, ranked by |coefficient|)
+    level : int, the atom's level in a dictionary with levels (0 = coarsest), else 0
+    n_active : int, items whose code uses the atom (on the concept's side)
     frequency : float, ``n_active / n_items``
-    top_items : list, ids of the items with the largest |coefficient|
+    top_items : list, ids of the concept's representative items (see :func:`daskdict.explain`)
     top_rows : list of int, their row numbers in the store
     top_captions : list of str, their captions
     themes : list of str, best first
@@ -53,16 +63,27 @@ class Explanations:
     Parameters
     ----------
     rows : list of dict
-        One dict per atom with the columns above.
+        One dict per concept with the columns above; a row without ``concept``, ``sign`` or
+        ``level`` (a table saved before they existed) is a whole atom: ``"±"``, level 0,
+        labelled by its atom.
     meta : dict, optional
-        How they were made (method, parameters, n_items, and the ``codes`` and ``store``
-        paths when they were given as paths).
+        How they were made (method, parameters, n_items, ``signs``, ``representatives``,
+        ``level_sizes`` with levels, and the ``codes`` and ``store`` paths when they were
+        given as paths).
     """
 
     def __init__(self, rows: list[dict], meta: dict | None = None):
-        self.rows = [dict(row) for row in rows]
+        self.rows = [_with_concept(row) for row in rows]
         self.meta = {k: v for k, v in dict(meta or {}).items() if k not in _HEADER_FIELDS}
-        self._by_atom = {_atom_key(row["atom"]): i for i, row in enumerate(self.rows)}
+        self._by_concept = {row["concept"]: i for i, row in enumerate(self.rows)}
+        # an atom's own row: the whole atom, else its side with more items (ties: "+")
+        self._by_atom: dict = {}
+        for i, row in enumerate(self.rows):
+            key = _atom_key(row["atom"])
+            held = self._by_atom.get(key)
+            if held is None or (self.rows[held]["sign"] != "±" and (
+                    row["sign"] == "±" or row["n_active"] > self.rows[held]["n_active"])):
+                self._by_atom[key] = i
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -72,19 +93,63 @@ class Explanations:
 
     def __repr__(self) -> str:
         ok = sum(row["status"] == "ok" for row in self.rows)
-        return (f"Explanations(n_atoms={len(self)}, method={self.meta.get('method')!r}, "
+        return (f"Explanations(n_concepts={len(self)}, method={self.meta.get('method')!r}, "
                 f"explained={ok})")
 
-    def __getitem__(self, atom) -> dict:
-        """The row of one atom (an int) or group (a list of ints)."""
-        key = _atom_key(atom)
-        if key not in self._by_atom:
-            raise KeyError(f"No explanation for atom {atom!r}.")
-        return self.rows[self._by_atom[key]]
+    def __getitem__(self, key) -> dict:
+        """The row of a concept label (``"17+"``, ``"17-"``, ``"17"``), of an atom (an int:
+        the whole atom, or with signs split its side with more items) or of a group (a list
+        of ints)."""
+        if isinstance(key, str):
+            if key not in self._by_concept:
+                raise KeyError(f"No explanation for concept {key!r}.")
+            return self.rows[self._by_concept[key]]
+        atom = _atom_key(key)
+        if atom not in self._by_atom:
+            raise KeyError(f"No explanation for atom {key!r}.")
+        return self.rows[self._by_atom[atom]]
+
+    def concept_row(self, atom: int, coefficient: float) -> dict:
+        """The row explaining a code's ``coefficient`` on ``atom``: the side of its sign when
+        signs are split, else the atom's row (never the other side's).
+
+        Raises
+        ------
+        KeyError
+            If the table has no row of that side nor of the whole atom.
+        """
+        for label in (concept_label(atom, "+" if coefficient > 0 else "-"), str(int(atom))):
+            if label in self._by_concept:
+                return self.rows[self._by_concept[label]]
+        raise KeyError(f"No explanation for atom {int(atom)} on the side of {coefficient:+g}.")
 
     @property
     def atoms(self) -> list:
         return [row["atom"] for row in self.rows]
+
+    @property
+    def concepts(self) -> list[str]:
+        """The concept labels, in row order (``"17+"``, ``"17-"``, ``"17"``)."""
+        return [row["concept"] for row in self.rows]
+
+    @property
+    def levels(self) -> list[int]:
+        """The levels present, coarsest first (``[0]`` for a dictionary without levels)."""
+        return sorted({int(row["level"]) for row in self.rows})
+
+    def level(self, level: int) -> Explanations:
+        """The rows of one level (0 = coarsest) as a table of their own, with the same meta.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``level`` is not a level of the table.
+        """
+        if not isinstance(level, int | np.integer) or int(level) not in self.levels:
+            raise InvalidInputError(f"Expected level to be one of {self.levels}. Got "
+                                    f"{level!r}.")
+        return Explanations([row for row in self.rows if row["level"] == int(level)],
+                            {**self.meta, "level": int(level)})
 
     @property
     def sources(self) -> list[str]:
@@ -92,9 +157,10 @@ class Explanations:
         return [str(self.meta[key]) for key in SOURCE_FIELDS if self.meta.get(key)]
 
     def first_themes(self) -> dict:
-        """``{atom: first theme or ""}``, what the auto-interpretability captions use."""
-        return {_atom_key(row["atom"]): (row["themes"][0] if row["themes"] else "")
-                for row in self.rows}
+        """``{atom: first theme or ""}``, what the auto-interpretability captions use (an
+        atom's own row: see :meth:`__getitem__`)."""
+        return {atom: (self.rows[i]["themes"][0] if self.rows[i]["themes"] else "")
+                for atom, i in self._by_atom.items()}
 
     def to_dict(self) -> dict:
         """The JSON document of :meth:`to_json`: the header (with the meta) and the rows."""
@@ -136,7 +202,8 @@ class Explanations:
         path = formats.check_output(path, "table", inputs=self.sources, overwrite=overwrite,
                                     file=True)
         extra = [key for key in dict.fromkeys(k for row in self.rows for k in row)
-                 if key not in COLUMNS]
+                 if key not in COLUMNS and key not in CONCEPT_COLUMNS]
+        extra = [*CONCEPT_COLUMNS, *extra]
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, *extra])
         writer.writeheader()
@@ -211,8 +278,8 @@ class Explanations:
             raise ImportError("Explanations.to_dataframe needs pandas: pip install pandas"
                               ) from exc
         extra = [key for key in dict.fromkeys(k for row in self.rows for k in row)
-                 if key not in COLUMNS]  # e.g. FALCON's removed_words, n_high, n_low
-        return pd.DataFrame(self.rows, columns=[*COLUMNS, *extra])
+                 if key not in COLUMNS and key not in CONCEPT_COLUMNS]  # e.g. FALCON's
+        return pd.DataFrame(self.rows, columns=[*COLUMNS, *CONCEPT_COLUMNS, *extra])
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -242,6 +309,25 @@ def _is_daskdict_csv(path: Path) -> bool:
         return False
 
 
+def concept_label(atom, sign: str = "±") -> str:
+    """How a concept is named: ``"17+"``, ``"17-"``, ``"17"``, or ``"3&8"`` for a group."""
+    if isinstance(atom, list | tuple | np.ndarray):
+        return "&".join(str(int(a)) for a in atom)
+    return f"{int(atom)}{'' if sign == '±' else sign}"
+
+
+def _with_concept(row: dict) -> dict:
+    """A copy of ``row`` with its sign, level and label (a whole atom of level 0 by default)."""
+    row = dict(row)
+    row.setdefault("sign", "±")
+    if row["sign"] not in SIGNS:
+        raise InvalidInputError(f"Expected a row's sign to be one of {SIGNS}. Got "
+                                f"{row['sign']!r}.")
+    row.setdefault("level", 0)
+    row.setdefault("concept", concept_label(row["atom"], row["sign"]))
+    return row
+
+
 def _atom_key(atom):
     if isinstance(atom, list | tuple | np.ndarray):
         return tuple(int(a) for a in atom)
@@ -261,7 +347,9 @@ def _json_default(value):
 def describe(path: str | os.PathLike) -> dict:
     """A JSON-ready summary of saved explanations (for :func:`daskdict.io.formats.describe`)."""
     table = Explanations.load(path)
-    return {"kind": KIND, "header": formats.read_header(path), "n_atoms": len(table),
+    n_atoms = table.meta.get("n_atoms", len({_atom_key(a) for a in table.atoms}))
+    return {"kind": KIND, "header": formats.read_header(path), "n_atoms": n_atoms,
+            "n_concepts": len(table), "signs": table.meta.get("signs", "abs"),
             "method": table.meta.get("method"),
             "status": dict(Counter(str(row["status"]) for row in table.rows))}
 

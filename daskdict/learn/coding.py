@@ -25,7 +25,7 @@ import scipy.sparse
 import sparse
 
 from daskdict.errors import InvalidInputError
-from daskdict.learn import kernels
+from daskdict.learn import kernels, nonnegative
 
 # Fields of the int64 report of check_block, in order.
 REPORT_FIELDS = ("n_rows", "n_zero_rows", "n_bad_rows", "first_bad_row", "crc32",
@@ -148,6 +148,11 @@ def gram_matrix(atoms: np.ndarray) -> np.ndarray:
     return gram
 
 
+# The numba coders by key (see :func:`daskdict.learn.params.coder_key`): the signed ones, and
+# the non-negative ones under "<coder>-positive".
+CODERS = {**kernels.CODERS,
+          **{f"{name}-positive": coder for name, coder in nonnegative.POSITIVE_CODERS.items()}}
+
 # Rows per batch (one GEMM, one call of the coder). The correlations of a batch stay in cache
 # for the coder and their buffer is reused: a fresh (block rows x n_atoms) product per block
 # spends much of the GEMM's time in page faults.
@@ -172,7 +177,8 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
     gram : ndarray of shape (n_atoms, n_atoms)
     n_nonzero : int
     tol : float
-    coder : {"omp", "mp"}
+    coder : {"omp", "mp", "omp-positive"}
+        A key of :data:`CODERS`.
     buffer : ndarray of shape (CODE_ROWS, n_atoms), optional
         Where the correlations of a batch go (a task coding many blocks passes its own,
         instead of faulting in a new one each time).
@@ -206,9 +212,54 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
         np.matmul(rows, atoms.T, out=corr)
         batch = y[start:stop]
         sqnorms = np.einsum("ij,ij->i", batch, batch)
-        indices[start:stop], values[start:stop] = kernels.CODERS[coder](
+        indices[start:stop], values[start:stop] = CODERS[coder](
             corr[:stop - start], gram, sqnorms, n_nonzero, tol)
     return indices, values
+
+
+def level_bounds(level_sizes: list[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each level's atoms in a dictionary numbered level by level."""
+    stops = np.cumsum(level_sizes).tolist()
+    return list(zip([0, *stops[:-1]], stops, strict=True))
+
+
+def code_levels(y: np.ndarray, atoms: np.ndarray, grams: list[np.ndarray],
+                level_sizes: list[int], n_nonzeros: list[int], tol: float, coder: str,
+                exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes of a block over a dictionary with levels: each level codes what the coarser
+    ones leave.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_rows, n_features)
+    atoms : ndarray of shape (n_atoms, n_features)
+        All levels' atoms, level by level (``level_sizes`` of them each).
+    grams : list of ndarray of shape (level_size, level_size)
+        Each level's Gram matrix.
+    level_sizes, n_nonzeros : lists of int
+        Atoms and non-zeros per level.
+    tol, coder, exact :
+        As for :func:`code_block`, applied at each level.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_rows, sum(n_nonzeros)), int32
+        Atom indices into ``atoms`` (level by level), ``-1`` padded.
+    values : ndarray of shape (n_rows, sum(n_nonzeros))
+    residual : ndarray of shape (n_rows, n_features)
+        ``y`` minus the reconstruction of all levels.
+    """
+    residual = np.array(y, dtype=atoms.dtype, order="C")
+    indices, values = [], []
+    for (start, stop), gram, n_nonzero in zip(level_bounds(level_sizes), grams, n_nonzeros,
+                                               strict=True):
+        level_atoms = as_block(atoms[start:stop])
+        level_indices, level_values = code_block(residual, level_atoms, gram, n_nonzero, tol,
+                                                 coder, exact=exact)
+        residual -= kernels.codes_times_atoms(level_indices, level_values, level_atoms)
+        indices.append(np.where(level_indices >= 0, level_indices + start, -1).astype(np.int32))
+        values.append(level_values)
+    return np.hstack(indices), np.hstack(values), residual
 
 
 # Names of the statistics of kernels.residual_statistics, in order.

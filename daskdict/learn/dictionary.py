@@ -26,7 +26,7 @@ from daskdict.io.atomic import atomic_group
 from daskdict.io.formats import check_output
 from daskdict.io.reads import as_dask_array
 from daskdict.learn import coding, params
-from daskdict.validation import check_choice
+from daskdict.validation import check_choice, check_positive_int
 
 
 class Codes:
@@ -42,12 +42,15 @@ class Codes:
         Number of atoms of the dictionary (columns of :meth:`to_sparse`).
     path : path, optional
         Where the codes are stored, for codes read from disk.
+    level_sizes : sequence of int, optional
+        Atoms per level of a dictionary with levels (coarse first), summing to ``n_atoms``;
+        atoms are numbered level by level. None for a dictionary of one level.
 
     NumPy arrays for in-memory codes; dask arrays for codes read from a Zarr group.
     """
 
     def __init__(self, indices: Any, values: Any, n_atoms: int,
-                 path: str | os.PathLike | None = None):
+                 path: str | os.PathLike | None = None, level_sizes: Any = None):
         if indices.shape != values.shape or len(indices.shape) != 2:
             raise InvalidInputError(
                 f"Expected indices and values of the same 2-D shape. Got {indices.shape} "
@@ -57,6 +60,11 @@ class Codes:
         self.values = values
         self.n_atoms = int(n_atoms)
         self.path = None if path is None else Path(path)
+        self.level_sizes = check_level_sizes(level_sizes, self.n_atoms)
+
+    def atom_levels(self) -> np.ndarray:
+        """The level of each atom (0 = coarsest), shape (n_atoms,); all 0 without levels."""
+        return atom_levels(self.level_sizes, self.n_atoms)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -73,7 +81,8 @@ class Codes:
     def compute(self) -> Codes:
         """The same codes with NumPy arrays."""
         indices, values = dask.compute(self.indices, self.values)
-        return Codes(np.asarray(indices), np.asarray(values), self.n_atoms)
+        return Codes(np.asarray(indices), np.asarray(values), self.n_atoms,
+                     level_sizes=self.level_sizes)
 
     def to_sparse(self) -> sparse.COO:
         """The codes as a ``sparse.COO`` matrix of shape (n_samples, n_atoms)."""
@@ -102,7 +111,8 @@ class Codes:
         path = check_output(path, "codes", inputs=[self.path], overwrite=overwrite)
         with atomic_group(path) as group:
             write_codes(group, self.indices, self.values)
-            formats.write_header(group, "codes", n_atoms=self.n_atoms, **(attrs or {}))
+            formats.write_header(group, "codes", n_atoms=self.n_atoms,
+                                 level_sizes=self.level_sizes, **(attrs or {}))
         return path
 
     @classmethod
@@ -110,7 +120,26 @@ class Codes:
         """Open codes written by :meth:`save` or by ``encode``; arrays are read lazily."""
         group, meta = formats.open_kind(path, "codes")
         return cls(da.from_zarr(group["indices"]), da.from_zarr(group["values"]),
-                   meta["n_atoms"], path=path)
+                   meta["n_atoms"], path=path, level_sizes=meta.get("level_sizes"))
+
+
+def check_level_sizes(level_sizes: Any, n_atoms: int) -> list[int] | None:
+    """``level_sizes`` as a list of positive ints summing to ``n_atoms`` (None stays None)."""
+    if level_sizes is None:
+        return None
+    sizes = list(np.atleast_1d(np.asarray(level_sizes)).tolist())
+    if (not sizes or not all(isinstance(s, int) and s > 0 for s in sizes)
+            or sum(sizes) != n_atoms):
+        raise InvalidInputError(f"Expected level_sizes: positive ints summing to n_atoms="
+                                f"{n_atoms}. Got {level_sizes!r:.200}.")
+    return sizes
+
+
+def atom_levels(level_sizes: list[int] | None, n_atoms: int) -> np.ndarray:
+    """The level of each atom (0 = coarsest), shape (n_atoms,), from ``level_sizes``."""
+    if level_sizes is None:
+        return np.zeros(n_atoms, dtype=np.int64)
+    return np.repeat(np.arange(len(level_sizes)), level_sizes)
 
 
 def write_codes(group: Any, indices: Any, values: Any, compute: Any = None) -> None:
@@ -133,9 +162,11 @@ def describe_codes(path: Path) -> dict:
             "header": meta}
 
 
-def encode_block(y: np.ndarray, offset: int, atoms: np.ndarray, gram: np.ndarray,
-                 n_nonzero: int, tol: float, coder: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and code one chunk of rows (see :func:`daskdict.learn.coding.code_block`).
+def encode_block(y: np.ndarray, offset: int, atoms: np.ndarray, grams: list[np.ndarray],
+                 level_sizes: list[int], n_nonzeros: list[int], tol: float, coder: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and code one chunk of rows, level by level (see
+    :func:`daskdict.learn.coding.code_levels`; a one-level dictionary is one level).
 
     Each row is coded in a batch of fixed shape, so its code does not depend on the chunk.
     Coding sums nothing across rows, so a row is refused only when its own squared norm
@@ -144,7 +175,10 @@ def encode_block(y: np.ndarray, offset: int, atoms: np.ndarray, gram: np.ndarray
     limit = coding.sqnorm_limit(atoms.dtype, 2)
     coding.raise_for_report(coding.check_block(y, offset, limit), atoms.dtype)
     y = coding.as_block(y, atoms.dtype)
-    return coding.code_block(y, atoms, gram, n_nonzero, tol, coder, exact=True)
+    if len(level_sizes) == 1:
+        return coding.code_block(y, atoms, grams[0], n_nonzeros[0], tol, coder, exact=True)
+    return coding.code_levels(y, atoms, grams, level_sizes, n_nonzeros, tol, coder,
+                              exact=True)[:2]
 
 
 class Dictionary:
@@ -161,6 +195,9 @@ class Dictionary:
         atoms, replaced atoms, seconds).
     fingerprint : dict
         Shape, dtype, chunking and path of the training data.
+
+    A dictionary with levels (see :mod:`daskdict.learn.levels`) numbers its atoms level by
+    level; ``params["level_sizes"]`` and ``params["levels"]`` describe them.
     """
 
     def __init__(self, atoms: np.ndarray, params: dict | None = None,
@@ -178,19 +215,48 @@ class Dictionary:
     def n_features(self) -> int:
         return self.atoms.shape[1]
 
+    @property
+    def level_sizes(self) -> list[int] | None:
+        """Atoms per level, coarse first; None for a dictionary of one level."""
+        sizes = self.params.get("level_sizes")
+        return None if sizes is None else [int(s) for s in sizes]
+
+    @property
+    def level_nonzeros(self) -> list[int]:
+        """Non-zeros per level (one entry for a dictionary of one level)."""
+        levels = self.params.get("levels")
+        if levels:
+            return [int(level["n_nonzero"]) for level in levels]
+        return [int(self.params.get("n_nonzero", 10))]
+
     def __repr__(self) -> str:
         err = self.history[-1]["relative_error"] if self.history else float("nan")
-        return (f"Dictionary(n_atoms={self.n_atoms}, n_features={self.n_features}, "
+        levels = "" if self.level_sizes is None else f", level_sizes={self.level_sizes}"
+        return (f"Dictionary(n_atoms={self.n_atoms}, n_features={self.n_features}{levels}, "
                 f"n_iter={len(self.history)}, relative_error={err:.4g})")
 
-    def _coding_params(self, n_nonzero: Any, tol: Any, coder: Any) -> tuple[int, float, str]:
-        """The coding parameters, the fit's where None, validated."""
-        n_nonzero = self.params.get("n_nonzero", 10) if n_nonzero is None else n_nonzero
-        n_nonzero = params.check_n_nonzero(n_nonzero, self.n_atoms, self.n_features)
+    def _coding_params(self, n_nonzero: Any, tol: Any, coder: Any
+                       ) -> tuple[list[int], float, str]:
+        """The coding parameters (non-zeros per level), the fit's where None, validated."""
+        sizes = self.level_sizes
+        if n_nonzero is None:
+            n_nonzero = self.level_nonzeros
+        elif sizes is None:  # one level: one count
+            n_nonzero = [check_positive_int("n_nonzero", n_nonzero)]
+        elif not isinstance(n_nonzero, (list, tuple, np.ndarray)) or len(n_nonzero) != len(
+                sizes):
+            raise InvalidInputError(
+                f"This dictionary has {len(sizes)} levels: give n_nonzero as one count per "
+                f"level (a sequence of {len(sizes)}). Got {n_nonzero!r:.100}.")
+        sizes = sizes or [self.n_atoms]
+        n_nonzero = [params.check_n_nonzero(k, size, self.n_features)
+                     for k, size in zip(n_nonzero, sizes, strict=True)]
         tol = params.check_tol(self.params.get("tol", 0.0) if tol is None else tol)
         coder = check_choice("coder", self.params.get("coder", "omp") if coder is None
                              else coder, params.CODER_NAMES)
-        return n_nonzero, tol, coder
+        positive = params.check_positive(bool(self.params.get("positive", False)), coder,
+                                         "approx")
+        return n_nonzero, tol, params.coder_key(coder, positive)
 
     def encode(self, source: Any, *, layer: str | None = None, n_nonzero: int | None = None,
                tol: float | None = None, coder: str | None = None,
@@ -206,8 +272,9 @@ class Dictionary:
         source : path, zarr.Array, zarr.Group, dask array or ndarray of shape (N, n_features)
         layer : str, optional
             Layer of an embedding store.
-        n_nonzero : int, optional
-            Atoms per sample, in [1, min(n_atoms, n_features)]; default: the fit's.
+        n_nonzero : int or sequence of int, optional
+            Atoms per sample, in [1, min(n_atoms, n_features)]; one per level for a
+            dictionary with levels; default: the fit's.
         tol : float, optional
             Relative residual in [0, 1) at which a sample stops; default: the fit's.
         coder : {"omp", "mp"}, optional
@@ -224,7 +291,8 @@ class Dictionary:
         Returns
         -------
         Codes
-            In memory, or read lazily from ``out`` when written.
+            In memory, or read lazily from ``out`` when written; with ``level_sizes`` for a
+            dictionary with levels (each row's atoms, coarse level first).
 
         Raises
         ------
@@ -250,24 +318,29 @@ class Dictionary:
             indices, values = self._code_graph(data, rt, n_nonzero, tol, coder)
             if out is None:
                 indices, values = rt.compute(indices, values)
-                return Codes(indices, values, self.n_atoms)
+                return Codes(indices, values, self.n_atoms, level_sizes=self.level_sizes)
             with atomic_group(out) as group:
                 write_codes(group, indices, values, compute=rt.compute)
-                formats.write_header(group, "codes", n_atoms=self.n_atoms, source=description)
+                formats.write_header(group, "codes", n_atoms=self.n_atoms, source=description,
+                                     level_sizes=self.level_sizes)
         return Codes.load(out)
 
-    def _code_graph(self, data: da.Array, rt: Any, n_nonzero: int, tol: float,
+    def _code_graph(self, data: da.Array, rt: Any, n_nonzeros: list[int], tol: float,
                     coder: str) -> tuple[da.Array, da.Array]:
         """The lazy indices and values of ``data``'s codes, one task per chunk."""
         dtype = np.dtype(self.params.get("dtype", "float32"))
-        shared_atoms = rt.share(np.ascontiguousarray(self.atoms, dtype=dtype))
-        shared_gram = dask.delayed(coding.gram_matrix)(shared_atoms)
+        atoms = np.ascontiguousarray(self.atoms, dtype=dtype)
+        sizes = self.level_sizes or [self.n_atoms]
+        shared_atoms = rt.share(atoms)
+        shared_grams = [dask.delayed(coding.gram_matrix)(rt.share(atoms[start:stop]))
+                        for start, stop in coding.level_bounds(sizes)]
+        n_nonzero = sum(n_nonzeros)
         offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
         index_chunks, value_chunks = [], []
         for chunk, offset, rows in zip(data.to_delayed().ravel(), offsets, data.chunks[0],
                                        strict=True):
             task = dask.delayed(encode_block, nout=2)(
-                chunk, int(offset), shared_atoms, shared_gram, n_nonzero, tol, coder)
+                chunk, int(offset), shared_atoms, shared_grams, sizes, n_nonzeros, tol, coder)
             index_chunks.append(da.from_delayed(task[0], (rows, n_nonzero), np.int32))
             value_chunks.append(da.from_delayed(task[1], (rows, n_nonzero), dtype))
         return da.concatenate(index_chunks), da.concatenate(value_chunks)
@@ -307,6 +380,7 @@ def describe_dictionary(path: Path) -> dict:
     history = meta.get("history") or []
     return {"kind": "dictionary", "n_atoms": int(group["atoms"].shape[0]),
             "n_features": int(group["atoms"].shape[1]), "n_iter": len(history),
+            "level_sizes": meta.get("params", {}).get("level_sizes"),
             "relative_error": history[-1]["relative_error"] if history else None,
             "params": meta.get("params", {})}
 

@@ -41,7 +41,8 @@ class KSVD(TransformerMixin, BaseEstimator):
 
     def __init__(self, n_atoms=None, n_nonzero=10, n_iter=10, *, coder="omp", tol=0.0,
                  update="approx", atom_batch_size=None, shuffle_atoms=True, replace_atoms=True,
-                 init="data", dtype="float32", random_state=None, client=None, verbose=False):
+                 init="data", dtype="float32", positive=False, random_state=None, client=None,
+                 verbose=False):
         self.n_atoms = n_atoms
         self.n_nonzero = n_nonzero
         self.n_iter = n_iter
@@ -53,6 +54,7 @@ class KSVD(TransformerMixin, BaseEstimator):
         self.replace_atoms = replace_atoms
         self.init = init
         self.dtype = dtype
+        self.positive = positive
         self.random_state = random_state
         self.client = client
         self.verbose = verbose
@@ -67,7 +69,8 @@ class KSVD(TransformerMixin, BaseEstimator):
             X, self.n_atoms, self.n_nonzero, self.n_iter, coder=self.coder, tol=self.tol,
             update=self.update, atom_batch_size=self.atom_batch_size,
             shuffle_atoms=self.shuffle_atoms, replace_atoms=self.replace_atoms, init=self.init,
-            dtype=self.dtype, random_state=self.random_state, client=self._where(),
+            dtype=self.dtype, positive=self.positive, random_state=self.random_state,
+            client=self._where(),
             verbose=self.verbose)
         self._set_dictionary(dictionary)
         return self

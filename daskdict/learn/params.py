@@ -37,10 +37,36 @@ class FitParams:
     replace_atoms: bool = True
     init: str = "data"
     dtype: str = "float32"
+    positive: bool = False
 
     def to_dict(self) -> dict:
         """The parameters as a JSON-ready dict."""
         return dict(self.__dict__)
+
+    @property
+    def coder_key(self) -> str:
+        """The coder's key in :data:`daskdict.learn.coding.CODERS` (with its sign rule)."""
+        return coder_key(self.coder, self.positive)
+
+
+def coder_key(coder: str, positive: bool) -> str:
+    """The key of ``coder`` in :data:`daskdict.learn.coding.CODERS`: ``"omp"`` or
+    ``"omp-positive"`` (non-negative codes)."""
+    return f"{coder}-positive" if positive else coder
+
+
+def check_positive(positive: Any, coder: str, update: str) -> bool:
+    """``positive`` as a bool, refused where the coder or the update cannot keep codes
+    non-negative."""
+    if not isinstance(positive, (bool, np.bool_)):
+        raise InvalidInputError(f"Expected positive True or False. Got {positive!r:.100}.")
+    if positive and coder != "omp":
+        raise InvalidInputError(f"positive=True needs coder='omp' (non-negative Batch-OMP); "
+                                f"got coder={coder!r}.")
+    if positive and update != "approx":
+        raise InvalidInputError("positive=True needs update='approx': the exact update's "
+                                "singular vectors can turn coefficients negative.")
+    return bool(positive)
 
 
 def check_tol(tol: Any) -> float:
@@ -86,7 +112,7 @@ def check_dtype(dtype: Any) -> str:
 
 def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
                     shuffle_atoms, replace_atoms, init, dtype, n_samples: int,
-                    n_features: int) -> FitParams:
+                    n_features: int, positive: bool = False) -> FitParams:
     """Check every hyper-parameter against the data's shape; raise naming the problem.
 
     Parameters are those of :func:`daskdict.fit`; ``n_samples`` and ``n_features`` are the
@@ -114,8 +140,10 @@ def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_s
     tol = check_tol(tol)
     atom_batch_size = check_positive_int("atom_batch_size", atom_batch_size, optional=True)
     init_name = check_init(init, n_atoms, n_features)
+    positive = check_positive(positive, coder, update)
     return FitParams(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
-                     bool(shuffle_atoms), bool(replace_atoms), init_name, check_dtype(dtype))
+                     bool(shuffle_atoms), bool(replace_atoms), init_name, check_dtype(dtype),
+                     positive)
 
 
 def base_seed(random_state: Any) -> int:

@@ -41,8 +41,16 @@ from daskdict.learn.checkpoints import (
     save_checkpoint,
 )
 from daskdict.learn.dictionary import Dictionary
+from daskdict.learn.levels import (
+    level_checkpoint,
+    level_seed,
+    residual_rows,
+    split_levels,
+    stack_levels,
+)
 from daskdict.learn.params import FitParams, base_seed, iteration_rng, validate_params
 from daskdict.learn.updates import (
+    POSITIVE_STEP,
     approx_update,
     exact_ksvd_block,
     initial_atoms,
@@ -77,10 +85,14 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
         store (see ``layer``), a Zarr array, a dask array chunked along rows, or a NumPy array.
         Rows of a store flagged in ``items/error`` (images ``embed`` could not read) are left
         out.
-    n_atoms : int, optional
-        Number of atoms; default ``4 * n_features`` (a 4x overcomplete dictionary).
-    n_nonzero : int, default=10
-        Maximum number of atoms per sample.
+    n_atoms : int or sequence of int, optional
+        Number of atoms; default ``4 * n_features`` (a 4x overcomplete dictionary). A
+        sequence learns a dictionary with levels (with ``n_nonzero`` a sequence of the same
+        length): the first level on the data, each next one on what the levels before it
+        leave (see :mod:`daskdict.learn.levels`); ``n_atoms=[128, 512], n_nonzero=[1, 4]``
+        gives each row one coarse concept and four finer ones.
+    n_nonzero : int or sequence of int, default=10
+        Maximum number of atoms per sample (per level).
     n_iter : int, default=10
         Number of K-SVD iterations.
     layer : str, optional
@@ -106,6 +118,10 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
         Initial dictionary.
     dtype : {"float32", "float64"}, default="float32"
         Precision of the computation and the atoms.
+    positive : bool, default=False
+        Non-negative codes (non-negative Batch-OMP with a non-negative least-squares refit on
+        the support): each concept is one-sided, and ``encode`` codes the same way. Needs
+        ``coder="omp"`` and ``update="approx"``.
     random_state : int, Generator or None
         Makes the fit reproducible.
     client : distributed.Client, a Dask cluster, "local", "threads", "sync" or None
@@ -115,7 +131,8 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
     checkpoint : str or path-like, optional
         Zarr group where the state is saved atomically after every iteration. If it already
         holds the state of the same fit, the fit resumes after its last finished iteration
-        (e.g. after the batch job running the fit hit its walltime).
+        (e.g. after the batch job running the fit hit its walltime). With levels, level k's
+        state goes to ``<checkpoint>.level<k>``.
     resume : bool, default=True
         Resume from ``checkpoint`` when it holds a finished iteration; False starts over and
         overwrites it.
@@ -132,7 +149,8 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
     Dictionary
         ``atoms`` of shape (n_atoms, n_features) with unit rows, ``history`` (one dict per
         iteration: relative error, FVU, mean per-sample relative residual, mean L0, dead atoms,
-        replaced atoms, seconds; measured by the iteration's coding step) and ``params``.
+        replaced atoms, seconds; measured by the iteration's coding step; with levels, each
+        level's, marked with its ``level``) and ``params``.
 
     Raises
     ------
@@ -160,6 +178,7 @@ def fit(
     replace_atoms: bool = True,
     init: str | np.ndarray = "data",
     dtype: str | np.dtype = "float32",
+    positive: bool = False,
     random_state: int | np.random.Generator | None = None,
     client: Any = None,
     checkpoint: str | os.PathLike | None = None,
@@ -168,11 +187,16 @@ def fit(
     overwrite: bool = False,
     verbose: bool = True,
 ) -> Dictionary:
-    setup = _prepare(source, layer, dict(
-        n_atoms=n_atoms, n_nonzero=n_nonzero, n_iter=n_iter, coder=coder, tol=tol,
-        update=update, atom_batch_size=atom_batch_size, shuffle_atoms=shuffle_atoms,
-        replace_atoms=replace_atoms, init=init, dtype=dtype), random_state, checkpoint,
-        resume, out, overwrite)
+    hyper = dict(n_iter=n_iter, coder=coder, tol=tol, update=update,
+                 atom_batch_size=atom_batch_size, shuffle_atoms=shuffle_atoms,
+                 replace_atoms=replace_atoms, init=init, dtype=dtype, positive=positive)
+    levels = split_levels(n_atoms, n_nonzero)
+    if levels is not None:
+        return _fit_levels(source, layer, levels, hyper, random_state, client,
+                           dict(checkpoint=checkpoint, resume=resume, out=out,
+                                overwrite=overwrite), verbose)
+    setup = _prepare(source, layer, dict(n_atoms=n_atoms, n_nonzero=n_nonzero, **hyper),
+                     random_state, checkpoint, resume, out, overwrite)
     # A LocalCluster started here is one worker process with a thread per core: its threads
     # share one Gram matrix in the CPU's cache and balance their share of the rows, which is
     # faster than one single-threaded process per core.
@@ -188,6 +212,39 @@ def fit(
 
 
 fit.__doc__ = _FIT_DOC
+
+
+def _fit_levels(source: Any, layer: str | None, levels: list[tuple[Any, Any]], hyper: dict,
+                random_state: Any, client: Any, outputs: dict, verbose: bool) -> Dictionary:
+    """A dictionary with levels: every level's parameters and every output are checked
+    first, then each level is fitted on what the levels before it leave."""
+    data, description, reader = open_rows(source, layer, skip_flagged=True)
+    if not isinstance(hyper["init"], str):
+        raise InvalidInputError("A dictionary with levels takes init by name ('data', "
+                                "'kmeans++' or 'random'): each level starts from its own rows.")
+    for n_atoms, n_nonzero in levels:
+        validate_params(n_atoms=n_atoms, n_nonzero=n_nonzero, **hyper,
+                        n_samples=data.shape[0], n_features=data.shape[1])
+    checkpoints = [level_checkpoint(outputs["checkpoint"], level) for level in range(len(levels))]
+    inputs = [source, description["path"]]
+    if outputs["out"] is not None:
+        check_output(outputs["out"], "dictionary", inputs=[*inputs, *checkpoints],
+                     overwrite=outputs["overwrite"])
+    for path in checkpoints:
+        if path is not None:
+            check_checkpoint_path(path, [*inputs, outputs["out"]])
+    seed = base_seed(random_state)
+    models: list[Dictionary] = []
+    for level, (n_atoms, n_nonzero) in enumerate(levels):
+        rows = source if level == 0 else residual_rows(data, reader, models)
+        models.append(fit(rows, n_atoms, n_nonzero, layer=layer if level == 0 else None,
+                          **hyper, random_state=level_seed(seed, level), client=client,
+                          checkpoint=checkpoints[level], resume=outputs["resume"],
+                          verbose=verbose))
+    model = stack_levels(models, seed)
+    if outputs["out"] is not None:
+        model.save(outputs["out"], overwrite=outputs["overwrite"])
+    return model
 
 
 def _prepare(source: Any, layer: str | None, hyper: dict, random_state: Any,
@@ -307,7 +364,7 @@ def _share_graph(data: Any, reader: Any, shared_atoms: Any, params: FitParams, r
             totals.append(dask.delayed(shares.share_total)(*[dask.delayed(
                 shares.share_statistics)(shared_reader, ranges, f"{token}-{share}",
                                          shared_atoms, params.n_nonzero, params.tol,
-                                         params.coder, n_worst) for _ in range(n_threads)]))
+                                         params.coder_key, n_worst) for _ in range(n_threads)]))
     return shares.tree_reduce(totals, n_worst)
 
 
@@ -333,7 +390,7 @@ def _iterate(data: Any, reader: Any, atoms: np.ndarray, params: FitParams, rt: R
         order = rng.permutation(params.n_atoms) if params.shuffle_atoms else np.arange(
             params.n_atoms)
         task = dask.delayed(exact_ksvd_block, nout=2)(
-            block, shared_atoms, shared_gram, params.n_nonzero, params.tol, params.coder,
+            block, shared_atoms, shared_gram, params.n_nonzero, params.tol, params.coder_key,
             n_worst, order, params.atom_batch_size or params.n_atoms)
         stats, new_atoms = rt.compute(task)[0]
     else:
@@ -341,10 +398,10 @@ def _iterate(data: Any, reader: Any, atoms: np.ndarray, params: FitParams, rt: R
             graph = _share_graph(data, reader, shared_atoms, params, rt, n_worst, n_shares)
         else:
             graph = shares.tree_reduce([dask.delayed(coding.block_statistics)(
-                chunk, shared_atoms, shared_gram, params.n_nonzero, params.tol, params.coder,
+                chunk, shared_atoms, shared_gram, params.n_nonzero, params.tol, params.coder_key,
                 n_worst) for chunk in data.to_delayed().ravel()], n_worst)
         (stats,) = rt.compute(graph)
-        new_atoms = approx_update(atoms, stats)
+        new_atoms = approx_update(atoms, stats, POSITIVE_STEP if params.positive else 1.0)
     record = summary(stats, n_rows, n_zero_rows, n_features)
     replaced = 0
     if params.replace_atoms:

@@ -109,9 +109,19 @@ def _leading_singular_pair(matrix):
         return u, s, vec
 
 
-def approx_update(atoms: np.ndarray, stats: dict) -> np.ndarray:
-    """All atoms from one power step: ``d_j ∝ E_w^T x_wj = sum r_i x_ij + d_j |x_j|^2``."""
-    direction = stats["restricted"] + atoms * stats["coef_sq"][:, None]
+# The step of the all-at-once update for non-negative codes. One-sided atoms share their users
+# more than signed ones, so full steps of all atoms at once overshoot together and the error
+# climbs after a few iterations; half a step (``d_j + step * sum r_i x_ij / |x_j|^2``) keeps
+# it falling.
+POSITIVE_STEP = 0.5
+
+
+def approx_update(atoms: np.ndarray, stats: dict, step: float = 1.0) -> np.ndarray:
+    """All atoms from one power step: ``d_j ∝ E_w^T x_wj = sum r_i x_ij + d_j |x_j|^2``.
+
+    ``step < 1`` damps it: ``d_j ∝ step * sum r_i x_ij + d_j |x_j|^2``.
+    """
+    direction = step * stats["restricted"] + atoms * stats["coef_sq"][:, None]
     norms = np.linalg.norm(direction, axis=1)
     ok = norms > 0
     # in place: masked copies of the whole matrix would cost more than the update

@@ -5,9 +5,12 @@
   Embeddings" (Valentin et al.).
 - :func:`plot_training_curve`: relative error, FVU and dead atoms per iteration (model.history).
 - :func:`daskdict.evaluation.plot_autointerp`: that paper's score histogram.
-- :func:`write_report`: one HTML file listing every atom (sortable by frequency and score) with
-  base64-embedded thumbnails, themes, top captions and an inline-SVG histogram of its
-  activations. A Content-Security-Policy allows only inline data: nothing is fetched. It is
+- :func:`write_report`: one HTML file listing every concept (sortable by frequency and score)
+  with base64-embedded thumbnails of its own representative items, themes, top captions and an
+  inline-SVG histogram of its activations. A concept is labelled as the explanations name it:
+  ``"17+"`` and ``"17-"`` for the two sides of a signed atom, ``"17"`` for a whole atom. With a
+  dictionary of levels, each level is a section of its own, the coarsest first. A
+  Content-Security-Policy allows only inline data: nothing is fetched. It is
   written under the writer rule (:func:`daskdict.io.formats.check_output`): never over an
   input, and over an earlier daskdict report only with ``overwrite=True``.
 """
@@ -41,14 +44,16 @@ def _image_at(images, row: int):
     return images(row) if callable(images) else images[row]
 
 
-def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_images: int = 12,
-                   n_columns: int = 4):
-    """The top activating images of one atom and its themes (the concept paper's grids).
+def plot_atom_grid(explanations, atom: int | str, images: Sequence | Callable, *,
+                   n_images: int = 12, n_columns: int = 4):
+    """The representative images of one concept and its themes (the concept paper's grids).
 
     Parameters
     ----------
     explanations : Explanations
-    atom : int
+    atom : int or str
+        A concept label (``"17+"``, ``"17-"``, ``"17"``) or an atom (its own row: see
+        :meth:`Explanations.__getitem__`); the grid shows that concept's own items.
     images : sequence indexed by item row, or callable ``row -> image``
         PIL images, paths or uint8 arrays of shape (height, width, 3).
     n_images, n_columns : int
@@ -66,7 +71,8 @@ def plot_atom_grid(explanations, atom: int, images: Sequence | Callable, *, n_im
     axes = np.atleast_1d(axes).ravel()
     for ax in axes:
         ax.axis("off")
-    axes[0].text(0.0, 1.0, f"concept {atom}\n" + "\n".join(f"• {t}" for t in row["themes"]),
+    title = f"concept {row.get('concept', atom)}"
+    axes[0].text(0.0, 1.0, title + "\n" + "\n".join(f"• {t}" for t in row["themes"]),
                  va="top", ha="left", fontsize=10, transform=axes[0].transAxes, wrap=True)
     for ax, item in zip(axes[1:], shown, strict=False):
         ax.imshow(np.asarray(to_rgb(_image_at(images, item))))
@@ -98,7 +104,7 @@ def plot_training_curve(model_or_history):
 
 def activation_histogram_svg(values: np.ndarray, *, bins: int = 16, width: int = 120,
                              height: int = 36) -> str:
-    """A small inline SVG histogram of an atom's |coefficients|."""
+    """A small inline SVG histogram of a concept's |coefficients|."""
     values = np.abs(np.asarray(values, dtype=np.float64))
     if values.size == 0:
         return f'<svg width="{width}" height="{height}" role="img"></svg>'
@@ -135,10 +141,11 @@ def figure_uri(fig) -> str:
 _SCRIPT = """
 document.querySelectorAll('th[data-key]').forEach(function (header) {
   header.addEventListener('click', function () {
-    var body = document.querySelector('#atoms tbody');
+    var table = header.closest('table');
+    var body = table.tBodies[0];
     var key = header.dataset.key;
     var descending = header.dataset.order !== 'desc';
-    document.querySelectorAll('th[data-key]').forEach(function (h) { h.dataset.order = ''; });
+    table.querySelectorAll('th[data-key]').forEach(function (h) { h.dataset.order = ''; });
     header.dataset.order = descending ? 'desc' : 'asc';
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function (a, b) {
@@ -176,7 +183,12 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
                  graph=None, graph_layer: int | None = None,
                  title: str = "daskdict concepts", n_thumbnails: int = 8,
                  n_captions: int = 5, overwrite: bool = False) -> Path:
-    """Write a static, offline HTML report of every atom.
+    """Write a static, offline HTML report of every concept.
+
+    Each row of the explanations is a concept, labelled by its ``concept`` (``"17+"``,
+    ``"17-"``, ``"17"``) with its own representative items. When the explanations were made
+    from a dictionary of levels (their meta holds ``level_sizes``), each level is a section
+    of its own, coarsest first, and each concept names its level.
 
     Parameters
     ----------
@@ -185,7 +197,7 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
         explanations were made from, a thumbnail's image file).
     explanations : Explanations
     codes : Codes, optional
-        For each atom's activation histogram.
+        For each concept's activation histogram (of its side's coefficients).
     images : sequence indexed by item row, or callable ``row -> image``, optional
         For thumbnails of the top items (PIL images, paths or uint8 arrays).
     model : Dictionary, optional
@@ -219,11 +231,15 @@ def write_report(path: str | os.PathLike, explanations, *, codes=None,
     n_captions = check_positive_int("n_captions", n_captions, minimum=0)
     path = _check_report_output(path, explanations, images, n_thumbnails, overwrite)
     links = _graph_links(graph, graph_layer) if graph is not None else None
-    activations = _activations_by_atom(codes) if codes is not None else None
-    rows_html = [_atom_html(row, activations, links, images, n_thumbnails, n_captions)
-                 for row in explanations]
+    activations = _activations_by_concept(codes) if codes is not None else None
+    levelled = bool(getattr(explanations, "meta", {}).get("level_sizes"))
+    sections: dict[int | None, list[str]] = {}
+    for row in sorted(explanations, key=lambda r: r.get("level", 0)) if levelled else (
+            explanations):
+        sections.setdefault(int(row.get("level", 0)) if levelled else None, []).append(
+            _atom_html(row, activations, links, images, n_thumbnails, n_captions, levelled))
     figures, summary = _figures(graph, graph_layer, model, scores)
-    document = _document(title, explanations, summary, figures, rows_html, links is not None)
+    document = _document(title, explanations, summary, figures, sections, links is not None)
     write_text(path, document)
     return path
 
@@ -256,10 +272,12 @@ def _is_daskdict_report(path: Path) -> bool:
 
 
 def _atom_html(row: dict, activations: dict | None, links: dict | None, images,
-               n_thumbnails: int, n_captions: int) -> str:
-    """One table row of the report: an atom's numbers, themes, thumbnails and captions."""
+               n_thumbnails: int, n_captions: int, levelled: bool = False) -> str:
+    """One table row of the report: a concept's numbers, themes, thumbnails and captions."""
     atom = row["atom"]
-    label = "+".join(map(str, atom)) if isinstance(atom, list) else str(atom)
+    label = str(row.get("concept", atom))
+    group = isinstance(atom, list)
+    level = int(row.get("level", 0))
     themes = "".join(f"<li>{html.escape(t)}</li>" for t in row["themes"])
     themes = f'<ul class="themes">{themes}</ul>' if themes else (
         f'<span class="muted">{html.escape(row["status"])}</span>')
@@ -272,16 +290,20 @@ def _atom_html(row: dict, activations: dict | None, links: dict | None, images,
             f'<img alt="item {html.escape(str(item))}" '
             f'src="{thumbnail_uri(_image_at(images, r))}">'
             for r, item in zip(row["top_rows"][:n_thumbnails], row["top_items"], strict=False))
-    histogram = (activation_histogram_svg(activations.get(atom, np.zeros(0)))
-                 if activations is not None and not isinstance(atom, list) else "")
+    histogram = (activation_histogram_svg(activations.get((atom, row.get("sign", "±")),
+                                                          np.zeros(0)))
+                 if activations is not None and not group else "")
     score = row["score"] if row["score"] == row["score"] else float("nan")
     score_text = "" if np.isnan(score) else f"{score:.3g}"
     graph_cell = ""
     if links is not None:
-        graph_cell = f"<td>{'' if isinstance(atom, list) else links.get(atom, '')}</td>"
-    return (f'<tr class="atom" data-atom="{html.escape(label)}" data-frequency='
+        graph_cell = f"<td>{'' if group else links.get(atom, '')}</td>"
+    atom_text = "&".join(map(str, atom)) if group else str(atom)
+    level_text = f'<div class="muted level">level {level}</div>' if levelled else ""
+    return (f'<tr class="atom" data-atom="{html.escape(atom_text)}" '
+            f'data-concept="{html.escape(label)}" data-level="{level}" data-frequency='
             f'"{row["frequency"]:.9g}" data-score="{score if not np.isnan(score) else "NaN"}">'
-            f"<td>{html.escape(label)}</td><td>{row['n_active']} "
+            f"<td>{html.escape(label)}{level_text}</td><td>{row['n_active']} "
             f'<span class="muted">({100 * row["frequency"]:.2f}%)</span></td>'
             f"<td>{score_text}</td><td>{themes}<div>{html.escape(row['summary'])}</div></td>"
             f'<td class="thumbs">{thumbs}</td><td>{captions}</td><td>{histogram}</td>'
@@ -307,8 +329,30 @@ def _figures(graph, graph_layer, model, scores) -> tuple[list[tuple[str, str]], 
     return figures, summary
 
 
+def _table_html(table_id: str, rows_html: list[str], with_graph: bool) -> str:
+    """One sortable table of concepts."""
+    return f"""<table id="{table_id}" class="atoms"><thead><tr><th>concept</th>
+<th data-key="frequency">active items</th>
+<th data-key="score">score</th><th>themes</th><th>top items</th><th>captions</th>
+<th>activations</th>{"<th>concept graph</th>" if with_graph else ""}</tr></thead>
+<tbody>
+{"".join(rows_html)}
+</tbody></table>"""
+
+
+def _sections_html(sections: dict, with_graph: bool) -> str:
+    """One table (``None``: no levels), or a section per level, coarsest first."""
+    if list(sections) == [None]:
+        return _table_html("atoms", sections[None], with_graph)
+    return "\n".join(
+        f'<section class="level" id="level-{level}"><h2>Level {level}'
+        f'{" (coarsest)" if level == min(sections) else ""}: {len(rows)} concepts</h2>\n'
+        f'{_table_html(f"atoms-level-{level}", rows, with_graph)}</section>'
+        for level, rows in sorted(sections.items()))
+
+
 def _document(title: str, explanations, summary: str, figures: list[tuple[str, str]],
-              rows_html: list[str], with_graph: bool) -> str:
+              sections: dict, with_graph: bool) -> str:
     """The whole HTML page, with its Content-Security-Policy."""
     figure_html = "".join(f'<img class="figure" alt="{html.escape(name)}" src="{uri}">'
                           for name, uri in figures)
@@ -329,12 +373,7 @@ def _document(title: str, explanations, summary: str, figures: list[tuple[str, s
 <p>{len(explanations)} concepts, explained by <b>{method}</b>.
 Click <i>active items</i> or <i>score</i> to sort. <span class="muted">{meta}</span></p>
 {summary}{figure_html}
-<table id="atoms"><thead><tr><th>concept</th><th data-key="frequency">active items</th>
-<th data-key="score">score</th><th>themes</th><th>top items</th><th>captions</th>
-<th>activations</th>{"<th>concept graph</th>" if with_graph else ""}</tr></thead>
-<tbody>
-{"".join(rows_html)}
-</tbody></table>
+{_sections_html(sections, with_graph)}
 <script>{_SCRIPT}</script>
 </body></html>
 """
@@ -376,12 +415,19 @@ def _graph_links(graph, layer: int | None) -> dict[int, str]:
     return {concept: "".join(parts) for concept, parts in cells.items()}
 
 
-def _activations_by_atom(codes) -> dict:
+def _activations_by_concept(codes) -> dict:
+    """``{(atom, sign): |coefficients|}`` for every atom and sign ``"+"``, ``"-"``, ``"±"``."""
     codes = codes.compute()
     keep = (codes.indices >= 0) & (codes.values != 0)
     atoms = codes.indices[keep]
-    values = np.abs(codes.values[keep])
+    values = codes.values[keep]
     order = np.argsort(atoms, kind="stable")
     atoms, values = atoms[order], values[order]
     bounds = np.searchsorted(atoms, np.arange(codes.n_atoms + 1))
-    return {a: values[bounds[a]:bounds[a + 1]] for a in range(codes.n_atoms)}
+    out = {}
+    for atom in range(codes.n_atoms):
+        own = values[bounds[atom]:bounds[atom + 1]]
+        out[(atom, "±")] = np.abs(own)
+        out[(atom, "+")] = own[own > 0]
+        out[(atom, "-")] = -own[own < 0]
+    return out

@@ -58,7 +58,7 @@ def test_rows_print_one_json_object_per_item(planted, capsys):
         weights = [abs(c["weight"]) for c in item["concepts"]]
         assert weights == sorted(weights, reverse=True)
         for concept in item["concepts"]:
-            assert concept["themes"] == explanations[concept["atom"]]["themes"]
+            assert concept["themes"] == explanations[concept["concept"]]["themes"]
 
 
 def test_errors_are_one_line_with_exit_code_2(planted, capsys, tmp_path):

@@ -83,12 +83,14 @@ def test_keywords_on_a_fitted_dictionary_name_90_percent_of_recovered_atoms(name
     result = explanation_accuracy(explanations, atoms, model.atoms, names)
     assert result["n_recovered"] >= 48  # the fit itself works
     assert result["accuracy"] >= 0.9, result["mistakes"]
-    row = explanations[0]
-    assert row["n_active"] == int((np.asarray(codes.indices) == 0).sum())
-    assert row["top_captions"] == [str(store.captions[r]) for r in row["top_rows"]]
-    # top items are ordered by |coefficient|
-    dense = np.abs(codes.to_dense()[:, 0])
-    assert list(row["top_rows"]) == list(np.argsort(-dense, kind="stable")[:16])
+    # atom 0 is two concepts: its positive and its negative coefficients
+    dense = codes.to_dense()[:, 0]
+    for label, side in (("0+", dense), ("0-", -dense)):
+        row = explanations[label]
+        assert row["n_active"] == int((side > 0).sum())
+        assert row["top_captions"] == [str(store.captions[r]) for r in row["top_rows"]]
+        # top items are ordered by the coefficient on the side
+        assert list(row["top_rows"]) == list(np.argsort(-side, kind="stable")[:16])
 
 
 def test_explain_takes_a_dictionary_and_encodes_the_store(named, fitted):
@@ -105,7 +107,9 @@ def test_explain_takes_a_dictionary_and_encodes_the_store(named, fitted):
 def test_falcon_top_word_is_the_planted_name(named, fitted):
     store, atoms, names, _ = named
     model, codes = fitted
-    explanations = explain(codes, store, method="falcon",
+    # a planted caption names its concepts whatever their signs, so each atom is one concept
+    # here: split, the other side's items (named alike) would be counterfactuals of a side
+    explanations = explain(codes, store, method="falcon", signs="abs",
                            text_encoder=planted_text_encoder(store))
     result = explanation_accuracy(explanations, atoms, model.atoms, names)
     assert result["accuracy"] >= 0.9, result["mistakes"]
@@ -146,7 +150,8 @@ def test_explanations_round_trip_json_csv_and_dataframe(named, tmp_path):
     assert json.loads((tmp_path / "table.json").read_text())["daskdict"]["method"] == "keywords"
     pd = pytest.importorskip("pandas")
     frame = explanations.to_dataframe()
-    assert isinstance(frame, pd.DataFrame) and len(frame) == 64 and "themes" in frame
+    assert isinstance(frame, pd.DataFrame) and len(frame) == len(explanations) > 64
+    assert "themes" in frame and list(frame["concept"]) == explanations.concepts
 
 
 def test_csv_keeps_the_columns_a_method_adds(tmp_path):
@@ -170,8 +175,10 @@ def test_inactive_atoms_and_bad_input_are_named():
     values = np.array([[1.0, 0.0], [0.5, 2.0], [1.0, 0.0]])
     codes = Codes(indices, values, 3)
     captions = ["a red kite", "a red kite and a boat", "a boat"]
-    explanations = explain(codes, captions, top_n=2, min_count=1)
+    explanations = explain(codes, captions, top_n=2, min_count=1, signs="abs")
     assert explanations[2]["status"] == "inactive" and explanations[2]["n_active"] == 0
+    # split, an unused atom has no side with users, so no row
+    assert 2 not in explain(codes, captions, top_n=2, min_count=1).atoms
     assert explanations[0]["themes"][0] == "kite" or explanations[0]["themes"][0] == "red"
     with pytest.raises(InvalidInputError, match="method"):
         explain(codes, captions, method="magic")
@@ -196,8 +203,10 @@ def test_report_verb_writes_html_and_explanations(named, fitted, tmp_path):
     assert main(["report", str(store.path), "--model", str(tmp_path / "dictionary.zarr"),
                  "--out", str(out), "--in-process"]) == 0
     text = out.read_text()
-    assert text.count('class="atom"') == 64
-    assert Explanations.load(tmp_path / "report.explanations.json").meta["method"] == "keywords"
+    saved = Explanations.load(tmp_path / "report.explanations.json")
+    assert saved.meta["method"] == "keywords" and saved.meta["signs"] == "split"
+    # a concept per side of a signed atom
+    assert text.count('class="atom"') == len(saved) > 64
     assert main(["report", str(store.path), "--out", str(out)]) == 2
 
 
@@ -242,3 +251,16 @@ def test_demo_explains_and_reports(tmp_path, capsys):
     report = next(s for s in lines if s.startswith("report: ")).removeprefix("report: ")
     assert report.endswith("report.html") and 'class="atom"' in open(report).read()
     assert Explanations.load(tmp_path / "explanations.json").meta["n_atoms"] == 32
+
+
+def test_falcon_explains_each_side_from_its_own_items(named, fitted):
+    store, *_ = named
+    _, codes = fitted
+    split = explain(codes, store, method="falcon", text_encoder=planted_text_encoder(store),
+                    max_images=20)
+    dense = codes.to_dense()
+    for label, side in (("0+", dense[:, 0]), ("0-", -dense[:, 0])):
+        row = split[label]
+        assert row["atom"] == 0 and row["sign"] == label[-1]
+        assert row["n_high"] == min(20, int((side > 0).sum())) and row["n_low"] > 0
+    assert split.concepts[:2] == ["0+", "0-"]

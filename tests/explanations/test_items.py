@@ -47,8 +47,12 @@ def test_rows_of_a_planted_store_give_the_planted_concepts(planted):
         matched += set(used) == set(planted_atoms.tolist())
         strongest = int(planted_atoms[np.abs(codes.values[row]).argmax()])
         if used[0] == strongest:
-            # the concept's themes are its explanation's, whose first is the planted name
-            assert item["concepts"][0]["themes"] == explanations[strongest]["themes"]
+            # the concept's themes are its side's explanation's, whose first is the planted
+            # name
+            label = item["concepts"][0]["concept"]
+            sign = "+" if item["concepts"][0]["weight"] > 0 else "-"
+            assert label == f"{strongest}{sign}"
+            assert item["concepts"][0]["themes"] == explanations[label]["themes"]
             assert item["concepts"][0]["themes"][0] == names[strongest]
     assert matched >= 18
     one = item_concepts(model, explanations, store, rows=[rows[0]], top=1)

@@ -84,7 +84,8 @@ def test_openai_endpoint_failures_mark_only_their_atom(server, tmp_path, monkeyp
     monkeypatch.setenv("TEST_LLM_KEY", "secret")
     codes, captions = _codes_and_captions()
     chat = OpenAIChat(server, "tiny", api_key_env="TEST_LLM_KEY", timeout=0.5)
-    explanations = explain(codes, captions, method="llm", summarizer=chat,
+    # signs="abs": one row per atom, so that the unused atom 5 has its "inactive" row
+    explanations = explain(codes, captions, method="llm", summarizer=chat, signs="abs",
                            cache=tmp_path / "cache.json", max_workers=3, timeout=5.0)
     assert explanations[0]["themes"] == ["kite", "beach"]
     assert explanations[0]["summary"] == "kites at sea"

@@ -176,9 +176,10 @@ def test_report_renders_in_headless_chromium_sorts_and_stays_offline(planted, tm
                 f"return Array.from(document.querySelectorAll('#atoms tbody tr'))"
                 f".map(r => r.dataset.{key})")]
 
-        atoms = driver.execute_script(
-            "return Array.from(document.querySelectorAll('tr.atom')).map(r => r.dataset.atom)")
-        assert sorted(map(int, atoms)) == list(range(len(explanations)))
+        concepts = driver.execute_script(
+            "return Array.from(document.querySelectorAll('tr.atom'))"
+            ".map(r => r.dataset.concept)")
+        assert sorted(concepts) == sorted(explanations.concepts)
         thumbnails = driver.find_elements("css selector", "td.thumbs img")
         assert thumbnails and all(img.get_attribute("naturalWidth") != "0" for img in thumbnails)
         header = driver.find_element("css selector", 'th[data-key="frequency"]')
