@@ -75,8 +75,40 @@ def top_items(scores: np.ndarray | sp.spmatrix, n_top: int) -> list[np.ndarray]:
     return out
 
 
-def fit_daskdict(train, test, n_atoms, seed, settings, positive=False) -> Fitted:
-    """daskdict's default fit (approximate K-SVD, OMP) and its held-out codes."""
+def representatives(csr, test, atoms, n_top: int, rule: str = "coefficient",
+                    signs: str = "abs") -> list[np.ndarray]:
+    """Each concept's representative held-out items under one of explain's rules.
+
+    ``rule``: "coefficient" (largest |coefficient|), "share" (largest share x_ij^2 / |x_i|^2
+    of the item's code) or "cosine" (highest |cosine| between the item and the atom, among
+    its users). ``signs="split"`` makes each side of a signed atom its own concept (the
+    positive sides first, then the negative ones), as explain shows them.
+    """
+    csr = sp.csr_matrix(csr)
+    if rule == "share":
+        sq = csr.multiply(csr)
+        scores = sp.diags(1.0 / np.maximum(np.asarray(sq.sum(axis=1)).ravel(), 1e-30)) @ sq
+    elif rule == "cosine":
+        unit = test / np.maximum(np.linalg.norm(test, axis=1, keepdims=True), 1e-30)
+        users = csr.copy()
+        users.data = np.ones_like(users.data)
+        scores = users.multiply(np.abs(unit @ atoms.T))
+    else:
+        scores = abs(csr)
+    scores = sp.csr_matrix(scores)
+    if signs != "split":
+        return top_items(scores, n_top)
+    sides = []
+    for sign in (1, -1):
+        side = sp.csr_matrix(scores.multiply(sp.csr_matrix(csr).sign() == sign))
+        sides += top_items(side, n_top)
+    return sides
+
+
+def fit_daskdict(train, test, n_atoms, seed, settings, positive=False, rule="coefficient",
+                 signs="abs") -> Fitted:
+    """daskdict's default fit (approximate K-SVD, OMP) and its held-out codes; the
+    representative items by ``rule`` and ``signs`` (see :func:`representatives`)."""
     start = time.perf_counter()
     model = daskdict.fit(train, n_atoms=n_atoms, n_nonzero=settings["n_nonzero"],
                          n_iter=settings["n_iter"], random_state=seed, client="threads",
@@ -85,7 +117,27 @@ def fit_daskdict(train, test, n_atoms, seed, settings, positive=False) -> Fitted
     codes = model.encode(test, client="threads")
     csr = codes.to_csr()
     error = relative_error(test, np.asarray(csr @ model.atoms))
-    return Fitted(model.atoms, top_items(abs(csr), settings["n_top"]), error, seconds)
+    groups = representatives(csr, test, model.atoms, settings["n_top"], rule, signs)
+    return Fitted(model.atoms, groups, error, seconds,
+                  {"reconstruction": np.asarray(csr @ model.atoms)})
+
+
+def fit_daskdict_centred(train, test, n_atoms, seed, settings, levels=False) -> Fitted:
+    """daskdict on rows centred on the training mean and scaled to unit norm; the error is
+    measured on the original rows (the code's reconstruction scaled back by the row's norm,
+    plus the mean)."""
+    mean = train.mean(axis=0)
+
+    def unit(rows):
+        centred = rows - mean
+        norms = np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-30)
+        return (centred / norms).astype(np.float32), norms
+
+    (train_unit, _), (test_unit, norms) = unit(train), unit(test)
+    fitted = (fit_daskdict_levels if levels else fit_daskdict)(train_unit, test_unit, n_atoms,
+                                                               seed, settings)
+    fitted.error = relative_error(test, fitted.info.pop("reconstruction") * norms + mean)
+    return fitted
 
 
 def fit_daskdict_levels(train, test, n_atoms, seed, settings, positive=False) -> Fitted:
@@ -101,15 +153,20 @@ def fit_daskdict_levels(train, test, n_atoms, seed, settings, positive=False) ->
     error = relative_error(test, np.asarray(csr @ model.atoms))
     per_level = [top_items(abs(csr[:, a:b]), settings["n_top"])
                  for a, b in ((0, n_atoms), (n_atoms, 2 * n_atoms))]
-    return Fitted(model.atoms[:n_atoms], per_level[0], error, seconds, levels=per_level)
+    return Fitted(model.atoms[:n_atoms], per_level[0], error, seconds,
+                  {"reconstruction": np.asarray(csr @ model.atoms)}, levels=per_level)
 
 
-def fit_kmeans(train, test, n_atoms, seed, settings) -> Fitted:
-    """MiniBatchKMeans; a cluster's items are its held-out members nearest the centroid."""
-    from sklearn.cluster import MiniBatchKMeans
+def fit_kmeans(train, test, n_atoms, seed, settings, lloyd=False) -> Fitted:
+    """MiniBatchKMeans (``lloyd=True``: KMeans, Lloyd's iterations to convergence); a
+    cluster's items are its held-out members nearest the centroid."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
     start = time.perf_counter()
-    model = MiniBatchKMeans(n_clusters=n_atoms, random_state=seed).fit(train)
+    if lloyd:
+        model = KMeans(n_clusters=n_atoms, n_init=1, random_state=seed).fit(train)
+    else:
+        model = MiniBatchKMeans(n_clusters=n_atoms, random_state=seed).fit(train)
     seconds = time.perf_counter() - start
     labels = model.predict(test)
     centers = model.cluster_centers_
@@ -249,8 +306,14 @@ METHODS = {
     "daskdict": fit_daskdict,
     "daskdict-levels": fit_daskdict_levels,
     "daskdict+positive": partial(fit_daskdict, positive=True),
+    "daskdict+split": partial(fit_daskdict, signs="split"),
+    "daskdict+share": partial(fit_daskdict, rule="share"),
+    "daskdict+cosine": partial(fit_daskdict, rule="cosine"),
+    "daskdict+centred": fit_daskdict_centred,
+    "daskdict-levels+centred": partial(fit_daskdict_centred, levels=True),
     "daskdict-levels+positive": partial(fit_daskdict_levels, positive=True),
     "kmeans": fit_kmeans,
+    "kmeans-lloyd": partial(fit_kmeans, lloyd=True),
     "pca": fit_pca,
     "sklearn-mbdl": fit_sklearn,
     "aksvd": fit_aksvd,

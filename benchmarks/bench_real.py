@@ -176,7 +176,7 @@ def controls(groups: list[np.ndarray], view: dict, seed: int) -> list[tuple[str,
 
 
 # Methods whose concepts do not depend on the number of non-zeros (run once per cell).
-ONE_SPARSITY = {"kmeans", "pca"}
+ONE_SPARSITY = {"kmeans", "kmeans-lloyd", "pca"}
 
 
 def run_cell(data: dict, split, view: dict, key: tuple, args, atoms_by: dict) -> list[dict]:
@@ -215,6 +215,7 @@ def method_records(method: str, fitted, view: dict, seed: int, n_nonzero: int | 
                    ) -> list[dict]:
     """The method's record (its first level where it has levels), its lower levels' records,
     and for daskdict's default the two controls."""
+    fitted.info.pop("reconstruction", None)  # (used by the centred variants only)
     records = [{"method": method, **score(fitted.groups, view), "error": fitted.error,
                 "seconds": fitted.seconds, **fitted.info}]
     for level, groups in enumerate((fitted.levels or [])[1:], start=1):
@@ -223,7 +224,7 @@ def method_records(method: str, fitted, view: dict, seed: int, n_nonzero: int | 
     if method == "daskdict":
         records += [{"method": name, **scores} for name, scores in
                     controls(fitted.groups, view, seed)]
-    elif fitted.levels:  # its first level's groups are smaller: their own random floor
+    elif method.startswith("daskdict"):  # a variant's groups get a floor of their sizes
         records.append({"method": f"{method}/{RANDOM_SETS}",
                         **controls(fitted.groups, view, seed)[0][1]})
     for record in records:

@@ -220,12 +220,17 @@ def _check_report_args(args: Namespace) -> None:
     if args.explanations is None and args.method == "falcon" and args.text_encoder is None:
         raise InvalidInputError("--method falcon needs --text-encoder: a Hugging Face CLIP "
                                 "(name or folder), or 'planted' on planted data.")
+    if args.representatives == "cosine" and args.dictionary is None:
+        raise InvalidInputError("--representatives cosine needs --dictionary: the atoms whose "
+                                "cosine with each item's embedding ranks the items.")
 
 
-def _report_explanations(args: Namespace, codes: Any) -> Any:
+def _report_explanations(args: Namespace, codes: Any, model: Any) -> Any:
     if args.explanations:
         return daskdict.Explanations.load(args.explanations)
-    options = {}
+    options = {"signs": args.signs, "representatives": args.representatives}
+    if args.representatives == "cosine":
+        options["atoms"] = model.atoms
     if args.method == "falcon":
         options["text_encoder"] = (planted_text_encoder(args.store)
                                    if args.text_encoder == "planted"
@@ -250,7 +255,7 @@ def report(args: Namespace) -> int:
     else:
         codes = model.encode(args.store, layer=args.layer, client=_client(args),
                              verbose=not args.quiet)
-    explanations = _report_explanations(args, codes)
+    explanations = _report_explanations(args, codes, model)
     if table is not None:
         explanations.to_json(table, overwrite=args.force)
     written = write_report(out, explanations, codes=codes, model=model, graph=graph,

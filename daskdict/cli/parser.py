@@ -149,6 +149,13 @@ def _add_report(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="falcon: a Hugging Face CLIP (name or "
                    "folder) whose text tower matches the store's embeddings, or 'planted'")
     p.add_argument("--top-n", type=int, default=5, help="themes per concept (default 5)")
+    p.add_argument("--signs", choices=("split", "abs"), default="split",
+                   help="split: each sign of an atom's coefficients is its own concept (17+, "
+                   "17-); abs: one concept per atom (default split)")
+    p.add_argument("--representatives", choices=("coefficient", "share", "cosine"),
+                   default="coefficient", help="how a concept's items are chosen: largest "
+                   "coefficient, largest share of the item's code, or highest cosine with the "
+                   "atom (needs --dictionary) (default coefficient)")
     _layer(p)
     p.add_argument("--title", default=None, help="title of the report")
     p.add_argument("--graph", default=None, help="a concept graph saved by 'daskdict graph': "

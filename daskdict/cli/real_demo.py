@@ -2,8 +2,9 @@
 
 The synopses of the Debian packages that ship with daskdict (a few thousand, each with a
 section and debtags written by people independently of the synopsis) are embedded with the
-packaged all-MiniLM-L6-v2, a dictionary is fitted on them, every concept is explained from the
-synopses, and the concepts are judged against the independent labels: section purity and debtag
+packaged all-MiniLM-L6-v2, a dictionary of two levels is fitted on them (one coarse concept per
+package, then finer ones on what it leaves), every concept is explained from the synopses, and
+the coarse concepts are judged against the independent labels: section purity and debtag
 agreement of each concept's representative packages, against k-means clusters and random sets.
 """
 
@@ -65,7 +66,7 @@ def _quality_lines(corpus: PackageCorpus, groups: dict[str, np.ndarray]) -> list
     lines = []
     for name, rows in groups.items():
         scores = concept_quality(rows, labels=corpus.section, tag_sets=tag_sets)
-        lines.append(f"  {name:<22} purity {scores['purity']:.3f}  agreement "
+        lines.append(f"  {name:<24} purity {scores['purity']:.3f}  agreement "
                      f"{scores['agreement']:.3f}  hierarchy {scores['hierarchy']:.3f}")
     return lines
 
@@ -79,20 +80,26 @@ def run(args: Namespace, workdir: Path) -> int:
           f"all-MiniLM-L6-v2 into {paths['store']}")
     store = daskdict.embed(texts=corpus, store=paths["store"], model=model_path,
                            layers=["final"], resume=not args.force, verbose=not args.quiet)
-    model = daskdict.fit(paths["store"], n_atoms=args.atoms, n_nonzero=args.nonzero,
+    # two levels: one coarse concept per package (what a user reads first), then finer ones on
+    # what it leaves, with as many non-zeros in all as asked for
+    levels = ([args.atoms, args.atoms], [1, args.nonzero - 1]) if args.nonzero > 1 else (
+        args.atoms, 1)
+    model = daskdict.fit(paths["store"], n_atoms=levels[0], n_nonzero=levels[1],
                          n_iter=args.iters, random_state=args.seed, client="threads",
                          out=paths["dictionary"], overwrite=args.force, verbose=not args.quiet)
-    print(f"relative error {model.history[-1]['relative_error']:.4f} with {args.nonzero} of "
-          f"{args.atoms} concepts per package")
     codes = model.encode(paths["store"], client="threads")
+    embeddings = store.layer_array("final")[...]
+    error = np.linalg.norm(embeddings - model.reconstruct(codes)) / np.linalg.norm(embeddings)
+    print(f"relative error {error:.4f} with {args.nonzero} concepts per package "
+          f"(levels of {model.level_sizes or [args.atoms]} concepts)")
     explanations = daskdict.explain(codes, store, n_top_items=N_TOP)
     explanations.save(paths["explanations"], overwrite=args.force)
-    for row in explanations.rows[:5]:
+    coarse = explanations.level(explanations.levels[0])
+    for row in coarse.rows[:5]:
         print(f"  concept {row['concept']:>4}: {', '.join(row['themes'][:3])}")
     shown = np.array([row["top_rows"] + [-1] * (N_TOP - len(row["top_rows"]))
-                      for row in explanations.rows])
-    embeddings = store.layer_array("final")[...]
-    groups = {"daskdict concepts": shown,
+                      for row in coarse.rows])
+    groups = {"daskdict coarse concepts": shown,
               "k-means clusters": _kmeans_groups(embeddings, args.atoms, args.seed),
               "random sets": random_groups(len(corpus), args.atoms, N_TOP, args.seed)}
     print("judged against the sections and debtags (never seen by the fit):")

@@ -64,11 +64,15 @@ def load_checkpoint(path: Path) -> dict | None:
     return state
 
 
+# Parameters that fits gained later, with the value a checkpoint written before them implies.
+_IMPLIED_PARAMS = {"positive": False}
+
+
 def check_resumable(state: dict, path: Path, params: dict, seed: int,
                     seed_given: bool) -> None:
     """Refuse a checkpoint written by another fit (other parameters or random seed, or more
     iterations than asked for); ``n_iter`` may grow, so a finished fit can be continued."""
-    saved = {k: v for k, v in state["params"].items() if k != "n_iter"}
+    saved = {k: v for k, v in {**_IMPLIED_PARAMS, **state["params"]}.items() if k != "n_iter"}
     wanted = {k: v for k, v in jsonable(params).items() if k != "n_iter"}
     problem = None
     if saved != wanted:

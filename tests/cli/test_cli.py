@@ -323,6 +323,25 @@ def test_report_needs_a_dictionary_or_codes(store, capsys):
     assert not (store.parent / "r.html").exists()
 
 
+def test_report_chooses_signs_and_representatives(tmp_path, fitted, capsys):
+    store, dictionary = fitted
+    captioned = tmp_path / "captioned.zarr"
+    daskdict.create_store(captioned, {"final": np.asarray(
+        daskdict.open_store(store).layer_array("final"))},
+        captions=[f"a photo of thing {i % 7}" for i in range(2000)], chunk_rows=500)
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(captioned), "--codes", str(dictionary), "--out", str(out),
+                     "--representatives", "cosine", "--quiet"]) == 2
+    assert_one_line_error(capsys, "--representatives cosine needs --dictionary")
+    assert not out.exists()
+    assert cli.main(["report", str(captioned), "--dictionary", str(dictionary), "--out", str(out),
+                     "--signs", "abs", "--representatives", "cosine", "--in-process",
+                     "--quiet"]) == 0
+    table = daskdict.load(json.loads(capsys.readouterr().out)["explanations"])
+    assert table.meta["signs"] == "abs" and table.meta["representatives"] == "cosine"
+    assert {row["sign"] for row in table.rows} == {"±"} and len(table) == 24
+
+
 def test_report_writes_html_and_table(tmp_path, fitted, capsys):
     store, dictionary = fitted
     captions = [f"a photo of thing {i % 7}" for i in range(2000)]
@@ -395,10 +414,11 @@ def test_demo_on_real_data_judges_concepts_against_the_labels(tmp_path, capsys):
                      "--nonzero", "3", "--iters", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
     scores = {name: float(purity) for name, purity in re.findall(
-        r"^  (daskdict concepts|k-means clusters|random sets) +purity ([0-9.]+)", out,
+        r"^  (daskdict coarse concepts|k-means clusters|random sets) +purity ([0-9.]+)", out,
         flags=re.MULTILINE)}
-    assert set(scores) == {"daskdict concepts", "k-means clusters", "random sets"}, out
+    assert set(scores) == {"daskdict coarse concepts", "k-means clusters", "random sets"}, out
     # real concepts are far purer than random sets of packages (the measures measure)
-    assert scores["daskdict concepts"] > scores["random sets"] + 0.1, out
+    assert scores["daskdict coarse concepts"] > scores["random sets"] + 0.1, out
+    assert re.search(r"levels of \[32, 32\] concepts", out), out
     assert daskdict.describe(tmp_path / "demo" / "explanations.json")["kind"] == "explanations"
     assert (tmp_path / "demo" / "report.html").exists()

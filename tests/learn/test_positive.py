@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import zarr
 
 import daskdict
 from daskdict import cli
@@ -73,3 +74,16 @@ def test_cli_fits_positive_codes(tmp_path, parts, capsys):
     assert cli.main(["fit", str(store), "--atoms", "24", "--nonzero", "3", "--iters", "2",
                      "--positive", "--out", str(out), "--in-process", "--quiet"]) == 0
     assert daskdict.load(out).params["positive"] is True
+
+
+def test_a_checkpoint_from_before_positive_existed_resumes(tmp_path, parts):
+    checkpoint = tmp_path / "state.zarr"
+    first = daskdict.fit(parts[0], 24, 3, 2, random_state=0, checkpoint=checkpoint,
+                         verbose=False)
+    group = zarr.open_group(checkpoint, mode="r+")
+    header = dict(group.attrs["daskdict"])
+    header["params"] = {k: v for k, v in header["params"].items() if k != "positive"}
+    group.attrs["daskdict"] = header
+    resumed = daskdict.fit(parts[0], 24, 3, 3, random_state=0, checkpoint=checkpoint,
+                           verbose=False)
+    assert resumed.history[:2] == first.history and len(resumed.history) == 3
