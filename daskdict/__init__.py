@@ -8,13 +8,15 @@
 The pipeline's stages are packages, each importing only the ones before it:
 :mod:`daskdict.io` (formats, stores, atomic writes) → :mod:`daskdict.compute` (runtimes,
 clusters) → :mod:`daskdict.datasets` → :mod:`daskdict.learn` (kernels, coding, K-SVD, the
-dictionary and estimator, plans) → :mod:`daskdict.embedding` → :mod:`daskdict.explanations` →
+dictionary and estimator, plans) → :mod:`daskdict.embedding` → :mod:`daskdict.decomposition`
+(a representation as the sum of its heads' and MLPs' contributions) → :mod:`daskdict.explanations` →
 :mod:`daskdict.evaluation` → :mod:`daskdict.graph` → :mod:`daskdict.report` →
 :mod:`daskdict.cli`. The names below are the public surface.
 """
 
 from daskdict._version import __version__
 from daskdict.compute import cluster
+from daskdict.decomposition import decompose
 from daskdict.embedding import embed
 from daskdict.errors import (
     CheckpointMismatchError,
@@ -50,6 +52,7 @@ __all__ = [
     "__version__",
     "cluster",
     "create_store",
+    "decompose",
     "describe",
     "embed",
     "explain",
