@@ -322,6 +322,21 @@ def embed(args: Namespace) -> int:
                   "n_failed": meta["embed"]["n_failed"], "layers": meta.get("layers")})
 
 
+def decompose(args: Namespace) -> int:
+    """``daskdict decompose``: texts through a BERT text encoder into a store of components."""
+    out = check_out(args.out, "embedding store", [args.source, args.model], args.force)
+    try:
+        store = daskdict.decompose(args.source, out, args.model, n_layers=args.blocks,
+                                   batch_size=args.batch_size, device=args.device,
+                                   overwrite=args.force, verbose=not args.quiet,
+                                   text_column=args.text_column)
+    except ImportError as exc:  # the optional dependencies are missing
+        raise InvalidInputError(str(exc)) from exc
+    components = [name for name in store.layer_names if name != "final"]
+    return _emit({"out": str(out), "n_items": store.n_items, "n_components": len(components),
+                  "layers": store.layer_names})
+
+
 def plan(args: Namespace) -> int:
     """``daskdict plan``: predicted time per iteration and memory per worker of a fit."""
     if args.store is None and args.features is None:

@@ -250,9 +250,29 @@ def _add_concepts(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.concepts)
 
 
+def _add_decompose(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("decompose", help="a text encoder's embeddings as the exact sum of its "
+                         "heads' and MLPs' contributions")
+    p.add_argument("source", help="a CSV/JSONL file of texts (one per row)")
+    p.add_argument("--model", default=None, help="a post-norm BERT text encoder: Hugging Face "
+                   "name or local folder (default sentence-transformers/all-MiniLM-L6-v2)")
+    p.add_argument("--text-column", default=None,
+                   help="the column of SOURCE holding the texts (default: the first of text, "
+                   "description, caption, sentence)")
+    p.add_argument("--blocks", type=int, default=None,
+                   help="decompose the last BLOCKS blocks (default 10, or all of a smaller "
+                   "model)")
+    _out(p, "the embedding store to write: final and one layer per component", required=True)
+    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass "
+                   "(default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N or mps")
+    _common(p, in_process=False)
+    p.set_defaults(func=commands.decompose)
+
+
 VERBS = {"fit": _add_fit, "encode": _add_encode, "info": _add_info, "demo": _add_demo,
          "plan": _add_plan, "report": _add_report, "graph": _add_graph, "embed": _add_embed,
-         "concepts": _add_concepts}
+         "concepts": _add_concepts, "decompose": _add_decompose}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,8 +18,9 @@ from daskdict.cli import commands
 from daskdict.datasets import load_debian_packages
 from daskdict.datasets.planted import make_planted
 
-VERBS = ("fit", "encode", "info", "demo", "plan", "report", "graph", "embed", "concepts")
-WRITERS = ("fit", "encode", "demo", "plan", "report", "graph", "embed")
+VERBS = ("fit", "encode", "info", "demo", "plan", "report", "graph", "embed", "concepts",
+         "decompose")
+WRITERS = ("fit", "encode", "demo", "plan", "report", "graph", "embed", "decompose")
 
 
 def snapshot(path: Path) -> dict:
