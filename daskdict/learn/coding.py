@@ -223,6 +223,11 @@ def level_bounds(level_sizes: list[int]) -> list[tuple[int, int]]:
     return list(zip([0, *stops[:-1]], stops, strict=True))
 
 
+def level_grams(atoms: np.ndarray, level_sizes: list[int]) -> list[np.ndarray]:
+    """The Gram matrix of each level's atoms (see :func:`gram_matrix`)."""
+    return [gram_matrix(atoms[start:stop]) for start, stop in level_bounds(level_sizes)]
+
+
 def code_levels(y: np.ndarray, atoms: np.ndarray, grams: list[np.ndarray],
                 level_sizes: list[int], n_nonzeros: list[int], tol: float, coder: str,
                 exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

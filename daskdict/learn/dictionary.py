@@ -332,8 +332,8 @@ class Dictionary:
         atoms = np.ascontiguousarray(self.atoms, dtype=dtype)
         sizes = self.level_sizes or [self.n_atoms]
         shared_atoms = rt.share(atoms)
-        shared_grams = [dask.delayed(coding.gram_matrix)(rt.share(atoms[start:stop]))
-                        for start, stop in coding.level_bounds(sizes)]
+        # one task makes every level's Gram matrix from the atoms already shared
+        shared_grams = dask.delayed(coding.level_grams)(shared_atoms, sizes)
         n_nonzero = sum(n_nonzeros)
         offsets = np.concatenate([[0], np.cumsum(data.chunks[0])[:-1]])
         index_chunks, value_chunks = [], []

@@ -89,8 +89,7 @@ def residual_rows(data: da.Array, reader: Any, models: list[Dictionary]) -> Any:
     """
     stacked = stack_levels(models)
     atoms = np.ascontiguousarray(stacked.atoms)
-    grams = [coding.gram_matrix(atoms[start:stop])
-             for start, stop in coding.level_bounds(stacked.level_sizes)]
+    grams = coding.level_grams(atoms, stacked.level_sizes)
     arguments = (atoms, grams, stacked.level_sizes, stacked.level_nonzeros,
                  float(stacked.params.get("tol", 0.0)),
                  coder_key(stacked.params.get("coder", "omp"),

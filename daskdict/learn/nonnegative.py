@@ -344,24 +344,8 @@ def _nn_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, atoms, x, alpha, sub, low
 def nonnegative_omp(corr, gram, y_sqnorms, n_nonzero, tol):
     """Non-negative OMP with NNLS refits over the rows of a block (see the module docstring).
 
-    Parameters
-    ----------
-    corr : ndarray of shape (n_samples, n_atoms)
-        Correlations ``Y D^T`` (one GEMM, computed by the caller).
-    gram : ndarray of shape (n_atoms, n_atoms)
-        ``D D^T`` for unit-norm atoms.
-    y_sqnorms : ndarray of shape (n_samples,)
-        Squared norms of the rows of ``Y``.
-    n_nonzero : int
-        Maximum number of atoms per row.
-    tol : float
-        Stop a row once ``|y - x D| <= tol * |y|``; 0 disables.
-
-    Returns
-    -------
-    indices : ndarray of shape (n_samples, n_nonzero), int32, -1 padded
-    values : ndarray of shape (n_samples, n_nonzero), dtype of ``corr``, 0 padded; every
-        value whose index is >= 0 is > 0
+    Same parameters and returns as :func:`daskdict.learn.kernels.batch_omp`; every value whose
+    index is >= 0 is > 0.
     """
     n_samples, n_atoms = corr.shape
     indices = np.full((n_samples, n_nonzero), -1, dtype=np.int32)
