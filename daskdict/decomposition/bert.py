@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from daskdict.embedding.text import pool
 from daskdict.errors import InvalidInputError
 
-__all__ = ["LINEAR_POOLINGS", "SUPPORTED_FAMILIES", "bert_components", "check_bert_model",
-           "component_names", "decompose_bert", "pool_components"]
+__all__ = ["LINEAR_POOLINGS", "SUPPORTED_FAMILIES", "bert_components", "bert_split_components",
+           "check_bert_model", "component_names", "decompose_bert", "pool_components"]
 
 # model families whose blocks are BERT's post-norm layers (BertLayer)
 SUPPORTED_FAMILIES = ("bert",)
@@ -78,12 +78,15 @@ def _layer_norm(module, x, parts: list, init):
     mean = x.mean(dim=-1, keepdim=True)
     sigma = torch.sqrt(x.var(dim=-1, keepdim=True, unbiased=False) + module.eps)
     gamma, beta = module.weight.double(), module.bias.double()
-    parts = [gamma * (p - p.mean(dim=-1, keepdim=True)) / sigma for p in parts]
+    # a part split by the token it reads from (batch, tokens, read tokens, width) is scaled by
+    # the statistics of the token it is written to
+    parts = [gamma * (p - p.mean(dim=-1, keepdim=True))
+             / (sigma if p.ndim == sigma.ndim else sigma[..., None]) for p in parts]
     init = gamma * (init - init.mean(dim=-1, keepdim=True)) / sigma + beta
     return gamma * (x - mean) / sigma + beta, parts, init
 
 
-def _heads(block, h, attention_mask):
+def _heads(block, h, attention_mask, keep: Sequence[int] = ()):
     """Per head, its output written into the residual stream; and the summed bias.
 
     Returns
@@ -92,6 +95,9 @@ def _heads(block, h, attention_mask):
     bias : torch.Tensor of shape (width,), float64
         ``b_V W_O^T + b_O``: every softmax row sums to one, so the value bias reaches every
         token unchanged.
+    splits : list of torch.Tensor of shape (batch, tokens, read tokens, width), float64
+        Per head in ``keep``: its output at each token, per token read (summed over the read
+        tokens, the head's output).
     """
     import torch
 
@@ -108,12 +114,15 @@ def _heads(block, h, attention_mask):
     scores = query @ key.transpose(-1, -2) / math.sqrt(d_head)
     padding = (attention_mask[:, None, None, :] == 0)
     scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
-    context = torch.softmax(scores, dim=-1) @ value                 # (batch, heads, tokens, d_head)
+    weights = torch.softmax(scores, dim=-1)                         # (batch, heads, tokens, read)
+    context = weights @ value                                       # (batch, heads, tokens, d_head)
     dense = block.attention.output.dense
     w_out = dense.weight.double().view(-1, n_heads, d_head)         # (width, heads, d_head)
     heads = torch.einsum("bhtk,dhk->hbtd", context, w_out)
     bias = attention.value.bias.double() @ dense.weight.double().T + dense.bias.double()
-    return heads, bias
+    splits = [weights[:, j, :, :, None] * (value[:, j] @ w_out[:, j].T)[:, None]
+              for j in keep]
+    return heads, bias, splits
 
 
 def bert_components(model, input_ids, attention_mask, n_layers: int,
@@ -136,29 +145,59 @@ def bert_components(model, input_ids, attention_mask, n_layers: int,
     last : torch.Tensor of shape (batch, tokens, width)
         The model's own last hidden state (its dtype), computed the ordinary way.
     """
+    components, last, _ = bert_split_components(model, input_ids, attention_mask, n_layers,
+                                                token_type_ids)
+    return components, last
+
+
+def bert_split_components(model, input_ids, attention_mask, n_layers: int,
+                          token_type_ids=None, split: Sequence[str] = ()) -> tuple:
+    """:func:`bert_components`, and the heads named in ``split`` per token read.
+
+    Parameters
+    ----------
+    model, input_ids, attention_mask, n_layers, token_type_ids
+        As for :func:`bert_components`.
+    split : sequence of str
+        Head components (``"NN.hHH"``) to keep per token read.
+
+    Returns
+    -------
+    components, last
+        As for :func:`bert_components`.
+    splits : dict of str to torch.Tensor of shape (batch, tokens, read tokens, width), float64
+        Summed over the read tokens, the component of that name.
+    """
     import torch
 
     check_bert_model(model, n_layers)
     blocks = model.encoder.layer
+    start = len(blocks) - n_layers
     extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
     with torch.inference_mode():
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     output_hidden_states=True, **extra)
-        h = out.hidden_states[len(blocks) - n_layers].double()
-        init, parts = h, []
-        for block in blocks[len(blocks) - n_layers:]:
-            heads, bias = _heads(block, h, attention_mask)
+        h = out.hidden_states[start].double()
+        init, parts, kept, names = h, [], [], []
+        for number, block in enumerate(blocks[start:], start=start + 1):
+            wanted = [int(n[4:]) for n in split if n.startswith(f"{number:02d}.h")]
+            heads, bias, splits = _heads(block, h, attention_mask, wanted)
+            names += [f"{number:02d}.h{j:02d}" for j in wanted]
+            # the split heads go through every later LayerNorm beside the components
             attended = block.attention.output
-            h, parts, init = _layer_norm(attended.LayerNorm, h + heads.sum(0) + bias,
-                                         parts + list(heads), init + bias)
+            n_parts = len(parts) + len(heads)
+            h, both, init = _layer_norm(attended.LayerNorm, h + heads.sum(0) + bias,
+                                        [*parts, *heads, *kept, *splits], init + bias)
+            parts, kept = both[:n_parts], both[n_parts:]
             hidden = block.intermediate.intermediate_act_fn(
                 h @ block.intermediate.dense.weight.double().T
                 + block.intermediate.dense.bias.double())
             mlp = hidden @ block.output.dense.weight.double().T
             bias = block.output.dense.bias.double()
-            h, parts, init = _layer_norm(block.output.LayerNorm, h + mlp + bias,
-                                         [*parts, mlp], init + bias)
-    return [init, *parts], out.last_hidden_state
+            h, both, init = _layer_norm(block.output.LayerNorm, h + mlp + bias,
+                                        [*parts, mlp, *kept], init + bias)
+            parts, kept = both[:n_parts + 1], both[n_parts + 1:]
+    return [init, *parts], out.last_hidden_state, dict(zip(names, kept, strict=True))
 
 
 def pool_components(components: Sequence, last, attention_mask, poolings: Sequence[str],

@@ -88,8 +88,10 @@ __all__ = ["DEFAULT_MODEL", "MAX_CHUNK_ROWS", "embed"]
 # --------------------------------------------------------------------------- loading images
 
 
-def _prepare(items: ImageItems, processor, start: int, stop: int, to_device_ready=None) -> Batch:
-    """Read, decode and preprocess items ``start:stop`` (runs in a loader thread).
+def prepare_images(items: ImageItems, processor, start: int, stop: int,
+                   to_device_ready=None) -> Batch:
+    """Read, decode and preprocess items ``start:stop`` (runs in a loader thread); an
+    unreadable item is recorded in the batch's ``errors``, not fatal.
 
     ``to_device_ready``, if given, turns the stacked pixels into what the forward pass takes
     (for CUDA: a pinned tensor in the model's precision, so the copy to the GPU is cheap).
@@ -114,7 +116,7 @@ def _prepare(items: ImageItems, processor, start: int, stop: int, to_device_read
         if len(shapes) > 1:
             raise InvalidInputError(
                 f"The image processor returned inputs of different sizes {sorted(shapes)}; "
-                "daskdict.embed needs a processor that resizes every image to one size."
+                "stacking them needs a processor that resizes every image to one size."
             )
         stacked = np.stack(pixels)
         if to_device_ready is not None:
@@ -306,7 +308,7 @@ def _embed_rest(items: ImageItems, processor, forward: Forward, group, widths: d
     bar = progress_bar(len(items), rows_done, settings["verbose"])
     try:
         run_chunks(len(items), rows_done, int(embed_meta["chunk_rows"]), batches_of,
-                   lambda a, b: _prepare(items, processor, a, b, to_device_ready), forward,
+                   lambda a, b: prepare_images(items, processor, a, b, to_device_ready), forward,
                    writer, sum(widths.values()), n_workers, bar)
     finally:
         if bar is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,3 +403,49 @@ class TextForward:
         parts = run_halving(self, n_texts, lambda a, b: self._compute(batch.encoded, a, b))
         rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return rows[batch.skip:batch.skip + batch.take] if self.tokens else rows
+
+
+def sentence_encoder(model: str | os.PathLike | None = None, *, batch_size: int = 32
+                     ) -> Callable[[Sequence[str]], np.ndarray]:
+    """A text encoder ``texts -> sentence embeddings`` in memory: the rows that
+    :func:`daskdict.embed` stores as ``final`` for the same model, for a few texts (feature
+    instantiations, captions to compare with) rather than a corpus.
+
+    Parameters
+    ----------
+    model : str or path-like, optional
+        As for :func:`load_text_encoder`; default all-MiniLM-L6-v2.
+    batch_size : int, default=32
+
+    Returns
+    -------
+    callable
+        ``encode(texts) -> ndarray of float32 of shape (n_texts, width)``.
+
+    Raises
+    ------
+    InvalidInputError
+        If the model cannot be loaded, or its sentence embedding has modules that ``final``
+        does not reproduce.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"Expected batch_size to be a positive int. Got {batch_size!r}.")
+    torch, _ = require_extras(images=False)
+    encoder = load_text_encoder(DEFAULT_TEXT_MODEL if model is None else model)
+    if encoder.other_modules:
+        raise InvalidInputError(
+            f"The model's sentence-transformers modules include {list(encoder.other_modules)}, "
+            "which the sentence embedding here does not reproduce.")
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError("Expected a sequence of strings to encode.")
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            inputs = {key: torch.from_numpy(value) for key, value in
+                      encoder.tokenize(list(texts[start:start + batch_size])).items()}
+            rows.append(encoder.vectors(inputs, [], "mean", with_final=True,
+                                        tokens=False).numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+    return encode

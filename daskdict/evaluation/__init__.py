@@ -1,6 +1,7 @@
 """How good a dictionary and its explanations are: recovery, reconstruction, CLIP scores, and
 concept quality against independent labels (purity, agreement, hierarchy, stability)."""
 
+from daskdict.embedding.clip import clip_text_encoder
 from daskdict.evaluation.compare import compare, plot_compare
 from daskdict.evaluation.judged import (
     AgreementResult,
@@ -10,7 +11,6 @@ from daskdict.evaluation.judged import (
 )
 from daskdict.evaluation.metrics import (
     autointerp_scores,
-    clip_text_encoder,
     max_coherence,
     plot_autointerp,
     reconstruction_metrics,

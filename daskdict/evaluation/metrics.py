@@ -17,14 +17,13 @@ PyTorch, transformers); it is loaded when first used.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from daskdict.embedding.items import to_rgb
+from daskdict.embedding.clip import CLIP
 from daskdict.errors import InvalidInputError
 from daskdict.learn.coding import unit_rows
 
@@ -142,86 +141,6 @@ def _first_theme(explanations, cache: dict, atom: int, sign: float) -> str:
             themes = []
         cache[(atom, sign)] = themes[0] if themes else ""
     return cache[(atom, sign)]
-
-
-class CLIP:
-    """Image and text embeddings from a Hugging Face CLIP (hub name or local folder).
-
-    Parameters
-    ----------
-    model : str or path
-        E.g. ``"openai/clip-vit-base-patch32"`` or a folder written by ``save_pretrained``.
-    device : str, default="cpu"
-    batch_size : int, default=32
-    """
-
-    def __init__(self, model: str | os.PathLike, *, device: str = "cpu", batch_size: int = 32):
-        self.model = str(model)
-        self.device = device
-        self.batch_size = batch_size
-        self._loaded = None
-
-    def _load(self):
-        if self._loaded is None:
-            try:
-                from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-            except ImportError as exc:
-                raise ImportError("CLIP scores need PyTorch and transformers: pip install "
-                                  "'daskdict[embed]'") from exc
-            model = CLIPModel.from_pretrained(self.model).to(self.device).eval()
-            self._loaded = (model, AutoTokenizer.from_pretrained(self.model),
-                            AutoImageProcessor.from_pretrained(self.model))
-        return self._loaded
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm text embeddings, shape (n_texts, projection_dim)."""
-        import torch
-
-        model, tokenizer, _ = self._load()
-        limit = model.config.text_config.max_position_embeddings
-        parts = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = tokenizer(list(texts[start:start + self.batch_size]), padding=True,
-                              truncation=True, max_length=limit, return_tensors="pt")
-            batch.pop("token_type_ids", None)
-            with torch.no_grad():
-                output = model.get_text_features(**batch.to(self.device))
-            parts.append(_features(output))
-        return (unit_rows(np.concatenate(parts), np.float32) if parts
-                else np.zeros((0, 0), np.float32))
-
-    def encode_images(self, images: Sequence) -> np.ndarray:
-        """Unit-norm image embeddings, shape (n_images, projection_dim).
-
-        ``images``: anything :func:`daskdict.embedding.items.to_rgb` reads (PIL images, paths, file
-        bytes, uint8 or [0, 1] float arrays).
-        """
-        import torch
-
-        model, _, processor = self._load()
-        parts = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [to_rgb(image) for image in images[start:start + self.batch_size]]
-            pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
-            with torch.no_grad():
-                output = model.get_image_features(pixel_values=pixels.to(self.device))
-            parts.append(_features(output))
-        return (unit_rows(np.concatenate(parts), np.float32) if parts
-                else np.zeros((0, 0), np.float32))
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """The text encoder, so a CLIP can be passed as ``text_encoder=``."""
-        return self.encode_texts(texts)
-
-
-def clip_text_encoder(model: str | os.PathLike, **options) -> Callable:
-    """A text encoder ``texts -> unit embeddings`` from a Hugging Face CLIP."""
-    return CLIP(model, **options).encode_texts
-
-
-def _features(output) -> np.ndarray:
-    tensor = output if hasattr(output, "detach") else output.pooler_output
-    return tensor.detach().float().cpu().numpy()
 
 
 @dataclass

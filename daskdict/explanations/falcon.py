@@ -16,7 +16,7 @@ For atom ``i`` (activation ``h_ji = |x_ji|``, the code's magnitude):
 
 Image embeddings default to the store's layer (a CLIP store's ``final`` layer is CLIP's image
 embedding); caption embeddings come from ``corpus_embeddings=`` or ``text_encoder=`` (e.g.
-:func:`daskdict.evaluation.metrics.clip_text_encoder` or, on planted data,
+:func:`daskdict.embedding.clip.clip_text_encoder` or, on planted data,
 :func:`daskdict.datasets.planted_text_encoder`).
 """
 

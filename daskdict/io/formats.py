@@ -31,7 +31,8 @@ from daskdict.errors import InvalidInputError, OutputNotWritableError, StoreNotF
 FORMAT_VERSION = 1
 HEADER_KEY = "daskdict"
 KINDS = ("embedding store", "dictionary", "codes", "explanations", "concept graph",
-         "concept graph pair", "plan", "checkpoint", "estimator")
+         "concept graph pair", "plan", "checkpoint", "estimator", "alignment",
+         "component scores")
 # files that are not Zarr but that a user may well pass where a store is expected
 _HINTS = {
     ".npy": "a NumPy file: load it with numpy.load and pass the array, or write a store with "

@@ -253,6 +253,12 @@ def _check_report_output(path, explanations, images, n_thumbnails: int,
         shown = {r for row in explanations for r in row["top_rows"][:n_thumbnails]}
         inputs += [images[r] for r in sorted(shown) if 0 <= r < len(images)
                    and isinstance(images[r], str | os.PathLike)]
+    return check_report_output(path, inputs, overwrite)
+
+
+def check_report_output(path, inputs: Sequence, overwrite: bool) -> Path:
+    """The writer rule for an HTML report: never over an input, and over an existing file
+    only if daskdict wrote it as a report and ``overwrite`` is True."""
     inputs = [i for i in inputs if i]
     # first the inputs, the kind and the rights; then whose file it is; then overwrite
     path = formats.check_output(path, "report", inputs=inputs, overwrite=True, file=True)

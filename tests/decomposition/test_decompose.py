@@ -16,6 +16,7 @@ from helpers_text import TEXTS, save_tiny_bert, sentence_folder, vocabulary
 import daskdict
 from daskdict.decomposition import component_layers, decompose
 from daskdict.decomposition.bert import bert_components, component_names, decompose_bert
+from daskdict.decomposition.tokens import token_contributions
 from daskdict.embedding.text import load_text_encoder
 from daskdict.errors import InvalidInputError, OutputNotWritableError
 
@@ -161,6 +162,25 @@ def test_refuses_a_model_that_is_not_bert(tmp_path):
     assert not (tmp_path / "g.zarr").exists()
 
 
+def test_float16_components_of_a_text_encoder(tiny_bert, tmp_path):
+    store = decompose(TEXTS, tmp_path / "d.zarr", tiny_bert, dtype="float16", verbose=False)
+    assert store.layer_array("final").dtype == np.float32
+    assert {store.layer_array(n).dtype for n in component_layers(store)} == {np.dtype("float16")}
+    error = _relative_error(sum(store.layer_array(n)[...].astype(np.float64)
+                                for n in component_layers(store)),
+                            store.layer_array("final")[...])
+    # float16 keeps 11 significant bits (about 5e-4 per component)
+    assert 1e-6 < error <= 5e-3
+
+
+def test_image_options_are_refused_for_texts(tiny_bert, tmp_path):
+    with pytest.raises(InvalidInputError, match="captions are for images"):
+        decompose(TEXTS, tmp_path / "d.zarr", tiny_bert, captions=TEXTS, verbose=False)
+    with pytest.raises(InvalidInputError, match="dtype"):
+        decompose(TEXTS, tmp_path / "d.zarr", tiny_bert, dtype="float64", verbose=False)
+    assert not (tmp_path / "d.zarr").exists()
+
+
 @pytest.mark.parametrize("n_layers", [0, 4, 2.0])
 def test_refuses_n_layers_out_of_range(tiny_bert, tmp_path, n_layers):
     with pytest.raises(InvalidInputError, match="n_layers"):
@@ -173,6 +193,41 @@ def test_component_layers_refuses_a_store_decompose_did_not_write(tiny_bert, tmp
                            verbose=False)
     with pytest.raises(InvalidInputError, match=r"not written by daskdict\.decompose"):
         component_layers(store)
+
+
+# --------------------------------------------------------------------------- per token
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "weightedmean"])
+def test_token_contributions_sum_to_the_stored_components(tiny_bert, tmp_path, pooling):
+    folder = _sentence_folder(tiny_bert, tmp_path, {"pooling_mode": pooling})
+    texts = TEXTS[:4]
+    store = decompose(texts, tmp_path / "d.zarr", folder, n_layers=2, verbose=False)
+    names = ["02.h01", "03.h03", "03.mlp", "init"]
+    result = token_contributions(texts, folder, names, n_layers=2)
+    encoder = load_text_encoder(folder)
+    lengths = [len(tokens) for tokens in encoder.token_strings(texts)]
+    assert result.shape == (4, max(lengths), 4, 32) and result.dtype == np.float32
+    final = store.layer_array("final")[...].astype(np.float64)
+    for column, name in enumerate(names):
+        summed = result[:, :, column].astype(np.float64).sum(1)
+        stored = store.layer_array(f"component.{name}")[...]
+        assert np.max(np.linalg.norm(summed - stored, axis=1)
+                      / np.linalg.norm(final, axis=1)) <= BAR
+    for row, length in enumerate(lengths):
+        assert not result[row, length:].any()
+        # a head reads from many tokens
+        assert (np.abs(result[row, :length, 0]).max(axis=-1) > 1e-7).sum() > 1
+    if pooling == "cls":
+        # only the CLS token's own MLP output is pooled
+        assert not result[:, 1:, 2].any()
+
+
+def test_token_contributions_of_texts_refuse_bad_input(tiny_bert):
+    with pytest.raises(InvalidInputError, match="Unknown components"):
+        token_contributions(TEXTS[:2], tiny_bert, ["01.h00"], n_layers=2)
+    with pytest.raises(InvalidInputError, match="empty"):
+        token_contributions(["games", " "], tiny_bert)
 
 
 # --------------------------------------------------------------------------- the real model

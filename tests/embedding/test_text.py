@@ -20,7 +20,7 @@ from conftest import assert_same_store
 from helpers_text import TEXTS, WORDS, save_tiny_bert, sentence_folder
 
 import daskdict
-from daskdict.embedding.text import TextEncoder
+from daskdict.embedding.text import TextEncoder, sentence_encoder
 from daskdict.errors import CheckpointMismatchError, InvalidInputError, StoreNotFoundError
 from daskdict.io.reads import open_rows
 
@@ -135,6 +135,19 @@ def test_sentence_transformers_folder(tmp_path, tiny_bert, config, normalize, de
     np.testing.assert_allclose(store.layer_array("final")[...], reference, rtol=0, atol=1e-5)
     assert store.attrs["embed"]["pooling"] == default
     assert store.attrs["embed"]["max_seq_length"] == 12
+
+
+def test_sentence_encoder_gives_the_final_rows_embed_stores(tmp_path, tiny_bert):
+    folder = _sentence_folder(tiny_bert, tmp_path, {"pooling_mode": "mean"}, normalize=True)
+    texts = [*TEXTS, " ".join(WORDS)]
+    store = daskdict.embed(texts=texts, store=tmp_path / "s.zarr", model=folder, batch_size=4,
+                           verbose=False)
+    encode = sentence_encoder(folder, batch_size=3)
+    np.testing.assert_allclose(encode(texts), store.layer_array("final")[...], atol=1e-6)
+    with pytest.raises(InvalidInputError, match="sequence of strings"):
+        encode("one text")
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        sentence_encoder(folder, batch_size=0)
 
 
 def test_modules_final_cannot_reproduce_are_refused(tmp_path, tiny_bert):

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_clip import save_tiny_clip
 
 import daskdict
 from daskdict.datasets.planted import planted_images, write_named_planted_store
+from daskdict.embedding.clip import CLIP, clip_text_encoder
 from daskdict.evaluation.metrics import (
-    CLIP,
     LOREM_IPSUM,
     autointerp_scores,
-    clip_text_encoder,
     concept_captions,
     plot_autointerp,
     reference_scores,
@@ -42,36 +42,15 @@ def planted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A randomly initialised small CLIP saved with save_pretrained, loaded by path."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
     from daskdict.datasets.planted import CONCEPT_NAMES, CONTEXT_WORDS, FILLER_WORDS
 
-    words = ["<pad>", "<unk>", "<s>", "</s>", "a", "photo", "containing", "-", "of", "and",
-             "in", "setting", ",", *CONCEPT_NAMES, *CONTEXT_WORDS, *FILLER_WORDS,
+    words = ["a", "photo", "containing", "-", "of", "and", "in", "setting", ",",
+             *CONCEPT_NAMES, *CONTEXT_WORDS, *FILLER_WORDS,
              *LOREM_IPSUM.replace(",", " ").replace(".", " ").lower().split()]
-    vocab = {word: i for i, word in enumerate(dict.fromkeys(words))}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = tokenizers.normalizers.Lowercase()
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-        eos_token="</s>")
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 2,
-                     "eos_token_id": 3},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    transformers.CLIPModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32},
-                                    crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", words)
 
 
 def test_concept_captions_follow_the_concept_paper(planted):
