@@ -106,55 +106,38 @@ def representatives(csr, test, atoms, n_top: int, rule: str = "coefficient",
 
 
 def fit_daskdict(train, test, n_atoms, seed, settings, positive=False, rule="coefficient",
-                 signs="abs") -> Fitted:
+                 signs="abs", center=False) -> Fitted:
     """daskdict's default fit (approximate K-SVD, OMP) and its held-out codes; the
     representative items by ``rule`` and ``signs`` (see :func:`representatives`)."""
     start = time.perf_counter()
     model = daskdict.fit(train, n_atoms=n_atoms, n_nonzero=settings["n_nonzero"],
                          n_iter=settings["n_iter"], random_state=seed, client="threads",
-                         positive=positive, verbose=False)
+                         positive=positive, center=center, verbose=False)
     seconds = time.perf_counter() - start
     codes = model.encode(test, client="threads")
     csr = codes.to_csr()
-    error = relative_error(test, np.asarray(csr @ model.atoms))
-    groups = representatives(csr, test, model.atoms, settings["n_top"], rule, signs)
-    return Fitted(model.atoms, groups, error, seconds,
-                  {"reconstruction": np.asarray(csr @ model.atoms)})
+    error = relative_error(test, model.reconstruct(codes))
+    groups = representatives(csr, model.centered(test), model.atoms, settings["n_top"], rule,
+                             signs)
+    return Fitted(model.atoms, groups, error, seconds)
 
 
-def fit_daskdict_centred(train, test, n_atoms, seed, settings, levels=False) -> Fitted:
-    """daskdict on rows centred on the training mean and scaled to unit norm; the error is
-    measured on the original rows (the code's reconstruction scaled back by the row's norm,
-    plus the mean)."""
-    mean = train.mean(axis=0)
-
-    def unit(rows):
-        centred = rows - mean
-        norms = np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-30)
-        return (centred / norms).astype(np.float32), norms
-
-    (train_unit, _), (test_unit, norms) = unit(train), unit(test)
-    fitted = (fit_daskdict_levels if levels else fit_daskdict)(train_unit, test_unit, n_atoms,
-                                                               seed, settings)
-    fitted.error = relative_error(test, fitted.info.pop("reconstruction") * norms + mean)
-    return fitted
-
-
-def fit_daskdict_levels(train, test, n_atoms, seed, settings, positive=False) -> Fitted:
+def fit_daskdict_levels(train, test, n_atoms, seed, settings, positive=False,
+                        center=False) -> Fitted:
     """daskdict with two levels: ``n_atoms`` coarse concepts with one per item, then
     ``n_atoms`` finer ones with ``n_nonzero - 1`` per item on what the first leaves."""
     k = settings["n_nonzero"]
     start = time.perf_counter()
     model = daskdict.fit(train, n_atoms=[n_atoms, n_atoms], n_nonzero=[1, k - 1],
                          n_iter=settings["n_iter"], random_state=seed, client="threads",
-                         positive=positive, verbose=False)
+                         positive=positive, center=center, verbose=False)
     seconds = time.perf_counter() - start
-    csr = model.encode(test, client="threads").to_csr()
-    error = relative_error(test, np.asarray(csr @ model.atoms))
+    codes = model.encode(test, client="threads")
+    csr = codes.to_csr()
+    error = relative_error(test, model.reconstruct(codes))
     per_level = [top_items(abs(csr[:, a:b]), settings["n_top"])
                  for a, b in ((0, n_atoms), (n_atoms, 2 * n_atoms))]
-    return Fitted(model.atoms[:n_atoms], per_level[0], error, seconds,
-                  {"reconstruction": np.asarray(csr @ model.atoms)}, levels=per_level)
+    return Fitted(model.atoms[:n_atoms], per_level[0], error, seconds, levels=per_level)
 
 
 def fit_kmeans(train, test, n_atoms, seed, settings, lloyd=False) -> Fitted:
@@ -309,8 +292,8 @@ METHODS = {
     "daskdict+split": partial(fit_daskdict, signs="split"),
     "daskdict+share": partial(fit_daskdict, rule="share"),
     "daskdict+cosine": partial(fit_daskdict, rule="cosine"),
-    "daskdict+centred": fit_daskdict_centred,
-    "daskdict-levels+centred": partial(fit_daskdict_centred, levels=True),
+    "daskdict+centred": partial(fit_daskdict, center=True),
+    "daskdict-levels+centred": partial(fit_daskdict_levels, center=True),
     "daskdict-levels+positive": partial(fit_daskdict_levels, positive=True),
     "kmeans": fit_kmeans,
     "kmeans-lloyd": partial(fit_kmeans, lloyd=True),

@@ -12,7 +12,11 @@ over tens of seconds on a shared VM, and a ratio of neighbours cancels most of i
 the median of these ratios over iterations 2..R (the first one includes the numba compile in
 the workers); the ratio of the medians is printed too.
 
-Bar: iteration / bare product <= 2.0.
+Bar: iteration / bare product <= 2.0; with ``--correlations bfloat16`` (correlations from
+bfloat16 inputs through torch, every choice settled at float32 precision: see
+``daskdict.learn.reduced``), iteration / bare float32 product < 1.0. Both runs report the
+share of rows (of a sample, coded with the fit's final atoms) whose bfloat16 code has the
+same support as the float32 one (bar >= 99 %), the CPU's bfloat16 flags and the BLAS.
 
 Also printed: how long each iteration's share tasks ran in the workers and how far apart the
 threads finished (distributed task stream), and a time split of the per-chunk pieces
@@ -27,6 +31,7 @@ worker).
     python benchmarks/bench_speed.py                       # N=100,000, R=6
     python benchmarks/bench_speed.py --n-samples 20000 --n-iter 3 --repeats 3
     python benchmarks/bench_speed.py --n-workers 2 --threads-per-worker 1   # another shape
+    python benchmarks/bench_speed.py --correlations bfloat16              # needs torch
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ import numpy as np
 from _common import median, table, timed, verdict, wait_until_idle, write_json
 
 BAR = 2.0
+BF16_BAR = 1.0  # iteration / bare float32 product, with bfloat16 correlations
+SUPPORT_BAR = 0.99  # rows whose bfloat16 code has the float32 code's support
 
 
 def make_store(args) -> Path:
@@ -77,6 +84,69 @@ def bare_product(y, atoms, repeats):
             "gflops": 2 * y.shape[0] * y.shape[1] * atoms.shape[0] / median(alloc) / 1e9}
 
 
+def hardware() -> dict:
+    """The CPU's matrix-unit flags, the BLAS libraries and torch, as the results record them."""
+    import importlib.util
+
+    from threadpoolctl import threadpool_info
+
+    from daskdict.learn import params, reduced
+
+    flags = params.cpu_flags()
+    wanted = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2", "fma")
+    blas = [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
+                                     "filepath")} for i in threadpool_info()
+            if i["user_api"] == "blas"]
+    torch_info = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch_info = {"version": torch.__version__,
+                      "mkldnn": bool(torch.backends.mkldnn.is_available()),
+                      "bf16_fp32_matmul": reduced.has_fp32_precision(torch),
+                      "threads": torch.get_num_threads()}
+    return {"cpu_flags": sorted(f for f in wanted if f in flags), "blas": blas,
+            "torch": torch_info}
+
+
+def same_support(path, atoms, n_nonzero, n_rows) -> dict:
+    """Codes of the first ``n_rows`` rows with ``atoms``, from float32 and from bfloat16
+    correlations: the share with the same support, and each coder's seconds."""
+    from daskdict import open_store
+    from daskdict.learn.coding import code_block, gram_matrix
+
+    rows = np.ascontiguousarray(open_store(path).layer_array("final")[:n_rows],
+                                dtype=np.float32)
+    atoms = np.ascontiguousarray(atoms, dtype=np.float32)
+    gram = gram_matrix(atoms)
+    out, seconds = {}, {}
+    for key in ("omp", "omp-bf16"):
+        code_block(rows[:2048], atoms, gram, n_nonzero, 0.0, key)  # imports torch, compiles
+        start = time.perf_counter()
+        out[key] = code_block(rows, atoms, gram, n_nonzero, 0.0, key)[0]
+        seconds[key] = time.perf_counter() - start
+    same = np.mean([set(a[a >= 0]) == set(b[b >= 0])
+                    for a, b in zip(out["omp"], out["omp-bf16"], strict=True)])
+    return {"rows": int(rows.shape[0]), "share": float(same), "seconds": seconds}
+
+
+def support_report(args, path, atoms) -> dict | None:
+    """:func:`same_support` on ``--support-rows`` rows, printed; None when skipped."""
+    from daskdict.learn import params
+
+    if args.support_rows <= 0 or params.torch_version() is None:
+        return None
+    support = same_support(path, atoms, args.n_nonzero, min(args.support_rows,
+                                                            args.n_samples))
+    info = hardware()
+    print(f"bfloat16 vs float32 codes of {support['rows']} rows with the final atoms: "
+          f"{100 * support['share']:.2f} % same support (float32 {support['seconds']['omp']:.2f}"
+          f" s, bfloat16 {support['seconds']['omp-bf16']:.2f} s, in this process); CPU flags "
+          f"{info['cpu_flags']}, BLAS {[b['internal_api'] for b in info['blas']]}, torch "
+          f"{(info['torch'] or {}).get('version')}", flush=True)
+    return support
+
+
 def share_tasks(records) -> dict | None:
     """The share tasks of one fit call (one iteration) from the distributed task stream: how
     long they ran and how far apart the threads finished."""
@@ -93,13 +163,15 @@ def share_tasks(records) -> dict | None:
             "threads_end_apart": max(stops) - min(stops)}
 
 
-def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
-    """Per-chunk pieces of an iteration, single-threaded, and the driver's pieces."""
+def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads, coder="omp"):
+    """Per-chunk pieces of an iteration, single-threaded, and the driver's pieces; with
+    ``coder="omp-bf16"``, the GEMM and the coder are the bfloat16 ones."""
     from threadpoolctl import threadpool_limits
 
     from daskdict import open_store
     from daskdict.io.reads import open_rows
     from daskdict.learn import kernels as _kernels
+    from daskdict.learn import reduced
     from daskdict.learn.coding import block_statistics as _chunk_statistics
     from daskdict.learn.coding import check_block, gram_matrix
     from daskdict.learn.shares import merge_statistics as _merge_statistics
@@ -138,14 +210,23 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads):
         pieces["batch_omp"] = timed(lambda: _kernels.batch_omp(corr, gram, sq, n_nonzero, 0.0),
                                     repeats)
         idx, val = _kernels.batch_omp(corr, gram, sq, n_nonzero, 0.0)
+        if coder.endswith(reduced.SUFFIX):
+            pieces["float32 GEMM (not in this fit)"] = pieces.pop("GEMM y @ D.T")
+            pieces["float32 batch_omp (not in this fit)"] = pieces.pop("batch_omp")
+            bounds = reduced.rounding(atoms)
+            pieces["GEMM y @ D.T"] = timed(lambda: reduced.correlations(y, atoms, corr),
+                                           repeats)
+            pieces["batch_omp"] = timed(lambda: reduced.CODERS[coder](
+                corr.copy(), gram, y, atoms, n_nonzero, 0.0, bounds), repeats)
+            idx, val = reduced.CODERS[coder](corr, gram, y, atoms, n_nonzero, 0.0, bounds)
         pieces["residual_statistics"] = timed(
             lambda: _kernels.residual_statistics(y, atoms, idx, val, n_worst), repeats)
-        stats = _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_worst)
+        stats = _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, coder, n_worst)
         pieces["pickle chunk statistics"] = timed(
             lambda: pickle.loads(pickle.dumps(stats, protocol=5)), repeats)
         stats_bytes = len(pickle.dumps(stats, protocol=5))
         pieces["whole chunk task (_chunk_statistics)"] = timed(
-            lambda: _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, "omp", n_worst), repeats)
+            lambda: _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, coder, n_worst), repeats)
     corr = None
     # driver side (runs in the client process with its default BLAS threads)
     driver = {}
@@ -185,6 +266,12 @@ def main():
     parser.add_argument("--positive", action="store_true",
                         help="fit with non-negative codes (positive=True); bench_positive.py "
                         "compares the two coders side by side")
+    parser.add_argument("--correlations", choices=("float32", "bfloat16"), default="float32",
+                        help="fit's correlation_dtype: bfloat16 computes Y D^T from bfloat16 "
+                        "inputs through torch (bar: iteration / bare float32 product < 1.0)")
+    parser.add_argument("--support-rows", type=int, default=20_000,
+                        help="rows coded with the final atoms from float32 and from bfloat16 "
+                        "correlations to compare their supports (0 to skip; needs torch)")
     parser.add_argument("--n-iter", type=int, default=6,
                         help="iterations R of the timed fit (iteration 1 is not counted)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each bare product "
@@ -243,6 +330,7 @@ def main():
                                          n_nonzero=args.n_nonzero, n_iter=n_iter,
                                          client=client, random_state=0, verbose=False,
                                          positive=args.positive,
+                                         correlation_dtype=args.correlations,
                                          checkpoint=checkpoint / "run.zarr")
                 tasks.append(share_tasks(stream.data))
                 bares.append(bare_product(y, d0, args.repeats))
@@ -269,22 +357,29 @@ def main():
                for h, b, r, t in zip(model.history, around, ratios, tasks, strict=True)],
               title=f"fit on {n_workers} worker(s) of {threads} thread(s), one iteration per "
                     f"call (wall {fit_wall:.1f} s incl. the calls' validation passes)")
+        bf16 = args.correlations == "bfloat16"
+        passed = ratio < BF16_BAR if bf16 else ratio <= BAR
+        support = support_report(args, path, model.atoms)
         print()
         table(["measure", "value", "bar", "result"], [
-            ["iteration / bare around it (median of 2..R)", ratio, f"<= {BAR}",
-             verdict(ratio <= BAR)],
+            ["iteration / bare around it (median of 2..R)", ratio,
+             f"< {BF16_BAR}" if bf16 else f"<= {BAR}", verdict(passed)],
             ["iteration (median of 2..R), s", it_median, "", ""],
             ["bare Y @ D.T (median of all repeats), s", median(bare_all), "", ""],
             ["ratio of the medians", ratio_of_medians, "", ""],
             ["bare matmul(out=) (median), s", median(pre_all), "", ""],
             ["ratio against matmul(out=)", it_median / median(pre_all), "", ""],
-        ], title=f"one K-SVD iteration vs the bare float32 GEMM, N={args.n_samples:,}, "
-                 f"d={args.n_features}, K={args.n_atoms}, L={args.n_nonzero}")
+            *([["codes with the float32 support (bfloat16 correlations)", support["share"],
+                f">= {SUPPORT_BAR}", verdict(support["share"] >= SUPPORT_BAR)]]
+              if support else []),
+        ], title=f"one K-SVD iteration ({model.params['correlations']} correlations) vs the "
+                 f"bare float32 GEMM, N={args.n_samples:,}, d={args.n_features}, "
+                 f"K={args.n_atoms}, L={args.n_nonzero}")
 
         split = None
         if not args.no_split:
             split = time_split(path, model.atoms, args.n_nonzero, args.repeats, n_workers,
-                               n_workers * threads)
+                               n_workers * threads, "omp-bf16" if bf16 else "omp")
             rows = []
             for name, v in split["worker_pieces"].items():
                 rows.append(["worker: " + name, v["per_chunk_median"],
@@ -308,14 +403,16 @@ def main():
                   f"{it_median:.2f} s measured; the rest is scheduling, transfers and "
                   "contention between the threads")
 
-        write_json("bench_speed", {
+        write_json("bench_speed" if not bf16 else "bench_speed_bfloat16", {
+            "hardware": hardware(), "support_vs_float32": support,
+            "bar_bfloat16": BF16_BAR, "support_bar": SUPPORT_BAR,
             "params": vars(args), "n_workers": n_workers, "threads_per_worker": threads,
             "store": str(path), "cpu_busy_before_percent": busy_before,
             "iteration_seconds": iters, "bare_around_each_iteration": around,
             "ratio_per_iteration": ratios, "ratio_median_2_to_R": ratio,
             "iteration_median_2_to_R": it_median, "ratio_of_medians": ratio_of_medians,
             "fit_wall_seconds": fit_wall, "bare_products": bares,
-            "bar": BAR, "pass": ratio <= BAR, "history": model.history,
+            "bar": BAR, "pass": passed, "history": model.history,
             "recovered_fraction_after_R": rec, "split": split, "share_tasks": tasks})
     finally:
         shutil.rmtree(checkpoint, ignore_errors=True)

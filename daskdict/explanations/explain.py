@@ -38,6 +38,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
@@ -389,6 +390,9 @@ def _cosine_inputs(representatives: str, model, store, atoms, layer
         raise InvalidInputError(f"Expected the store's layer {embeddings.basename!r} to hold "
                                 f"one row per coded item ({len(model)}). Got "
                                 f"{embeddings.shape[0]}.")
+    if isinstance(model, Dictionary) and model.mean is not None:
+        # a centred dictionary's atoms describe the rows minus the training mean
+        embeddings = model.centered(da.from_array(embeddings))
     return embeddings, atoms
 
 

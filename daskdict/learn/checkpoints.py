@@ -65,15 +65,20 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 # Parameters that fits gained later, with the value a checkpoint written before them implies.
-_IMPLIED_PARAMS = {"positive": False}
+_IMPLIED_PARAMS = {"positive": False, "center": False, "correlation_dtype": "float32"}
+
+# Parameters that describe a choice rather than make it (why the correlations have their
+# precision: the torch version in it may change between a fit and its resumption).
+_DESCRIPTIVE_PARAMS = ("n_iter", "correlations")
 
 
 def check_resumable(state: dict, path: Path, params: dict, seed: int,
                     seed_given: bool) -> None:
     """Refuse a checkpoint written by another fit (other parameters or random seed, or more
     iterations than asked for); ``n_iter`` may grow, so a finished fit can be continued."""
-    saved = {k: v for k, v in {**_IMPLIED_PARAMS, **state["params"]}.items() if k != "n_iter"}
-    wanted = {k: v for k, v in jsonable(params).items() if k != "n_iter"}
+    saved = {k: v for k, v in {**_IMPLIED_PARAMS, **state["params"]}.items()
+             if k not in _DESCRIPTIVE_PARAMS}
+    wanted = {k: v for k, v in jsonable(params).items() if k not in _DESCRIPTIVE_PARAMS}
     problem = None
     if saved != wanted:
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])

@@ -25,7 +25,7 @@ import scipy.sparse
 import sparse
 
 from daskdict.errors import InvalidInputError
-from daskdict.learn import kernels, nonnegative
+from daskdict.learn import kernels, nonnegative, reduced
 
 # Fields of the int64 report of check_block, in order.
 REPORT_FIELDS = ("n_rows", "n_zero_rows", "n_bad_rows", "first_bad_row", "crc32",
@@ -148,10 +148,12 @@ def gram_matrix(atoms: np.ndarray) -> np.ndarray:
     return gram
 
 
-# The numba coders by key (see :func:`daskdict.learn.params.coder_key`): the signed ones, and
-# the non-negative ones under "<coder>-positive".
+# The numba coders by key (see :func:`daskdict.learn.params.coder_key`): the signed ones, the
+# non-negative ones under "<coder>-positive", and those of correlations from bfloat16 inputs
+# under "<key>-bf16" (they take the rows and atoms too: see daskdict.learn.reduced).
 CODERS = {**kernels.CODERS,
-          **{f"{name}-positive": coder for name, coder in nonnegative.POSITIVE_CODERS.items()}}
+          **{f"{name}-positive": coder for name, coder in nonnegative.POSITIVE_CODERS.items()},
+          **reduced.CODERS}
 
 # Rows per batch (one GEMM, one call of the coder). The correlations of a batch stay in cache
 # for the coder and their buffer is reused: a fresh (block rows x n_atoms) product per block
@@ -177,8 +179,9 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
     gram : ndarray of shape (n_atoms, n_atoms)
     n_nonzero : int
     tol : float
-    coder : {"omp", "mp", "omp-positive"}
-        A key of :data:`CODERS`.
+    coder : {"omp", "mp", "omp-positive", "omp-bf16", "omp-positive-bf16"}
+        A key of :data:`CODERS`; a ``-bf16`` coder computes the correlations from bfloat16
+        inputs (needs torch) and settles every choice at float32 precision.
     buffer : ndarray of shape (CODE_ROWS, n_atoms), optional
         Where the correlations of a batch go (a task coding many blocks passes its own,
         instead of faulting in a new one each time).
@@ -201,6 +204,7 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
         buffer = correlation_buffer(atoms, y.dtype, None if exact else n_rows)
     values = np.empty((n_rows, n_nonzero), dtype=buffer.dtype)
     padded = None
+    bounds = reduced.rounding(atoms) if coder in reduced.CODERS else None
     for start in range(0, n_rows, CODE_ROWS):
         stop = min(start + CODE_ROWS, n_rows)
         rows = y[start:stop]
@@ -209,8 +213,13 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
             padded[:stop - start] = rows
             rows = padded
         corr = buffer[:rows.shape[0]]
-        np.matmul(rows, atoms.T, out=corr)
         batch = y[start:stop]
+        if coder in reduced.CODERS:
+            reduced.correlations(rows, atoms, corr)
+            indices[start:stop], values[start:stop] = CODERS[coder](
+                corr[:stop - start], gram, batch, atoms, n_nonzero, tol, bounds)
+            continue
+        np.matmul(rows, atoms.T, out=corr)
         sqnorms = np.einsum("ij,ij->i", batch, batch)
         indices[start:stop], values[start:stop] = CODERS[coder](
             corr[:stop - start], gram, sqnorms, n_nonzero, tol)

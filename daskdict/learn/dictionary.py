@@ -25,7 +25,7 @@ from daskdict.io import formats
 from daskdict.io.atomic import atomic_group
 from daskdict.io.formats import check_output
 from daskdict.io.reads import as_dask_array
-from daskdict.learn import coding, params
+from daskdict.learn import coding, params, reduced
 from daskdict.validation import check_choice, check_positive_int
 
 
@@ -192,20 +192,29 @@ class Dictionary:
         The fit's hyper-parameters (and its ``random_state``: the fit's random seed).
     history : list of dict
         One record per iteration (relative error, FVU, mean relative residual, mean L0, dead
-        atoms, replaced atoms, seconds).
+        atoms, replaced atoms, seconds; with a validation set its ``validation_error``, and
+        ``stopped_early`` on the last record of a fit that stopped).
     fingerprint : dict
         Shape, dtype, chunking and path of the training data.
+    mean : ndarray of shape (n_features,) or None
+        The training rows' mean for a dictionary fitted with ``center=True``: :meth:`encode`
+        codes ``y - mean`` and :meth:`reconstruct` adds it back; None otherwise.
 
     A dictionary with levels (see :mod:`daskdict.learn.levels`) numbers its atoms level by
     level; ``params["level_sizes"]`` and ``params["levels"]`` describe them.
     """
 
     def __init__(self, atoms: np.ndarray, params: dict | None = None,
-                 history: list[dict] | None = None, fingerprint: dict | None = None):
+                 history: list[dict] | None = None, fingerprint: dict | None = None,
+                 mean: np.ndarray | None = None):
         self.atoms = np.asarray(atoms)
         self.params = dict(params or {})
         self.history = list(history or [])
         self.fingerprint = dict(fingerprint or {})
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        if self.mean is not None and self.mean.shape != (self.atoms.shape[1],):
+            raise InvalidInputError(f"Expected a mean of shape ({self.atoms.shape[1]},). Got "
+                                    f"{self.mean.shape}.")
 
     @property
     def n_atoms(self) -> int:
@@ -256,7 +265,19 @@ class Dictionary:
                              else coder, params.CODER_NAMES)
         positive = params.check_positive(bool(self.params.get("positive", False)), coder,
                                          "approx")
-        return n_nonzero, tol, params.coder_key(coder, positive)
+        # the fit's correlations (bfloat16 ones serve Batch-OMP only; other coders take
+        # float32), refused here, naming the fix, where torch is missing
+        correlation_dtype = self.params.get("correlation_dtype", "float32")
+        if correlation_dtype == "bfloat16" and coder == "omp":
+            if params.torch_version() is None:
+                raise InvalidInputError(
+                    "This dictionary was fitted with bfloat16 correlations, which need "
+                    f"PyTorch: {reduced.TORCH_INSTALL}, or set "
+                    "dictionary.params['correlation_dtype'] = 'float32' to encode with "
+                    "float32 correlations.")
+        else:
+            correlation_dtype = "float32"
+        return n_nonzero, tol, params.coder_key(coder, positive, correlation_dtype)
 
     def encode(self, source: Any, *, layer: str | None = None, n_nonzero: int | None = None,
                tol: float | None = None, coder: str | None = None,
@@ -278,7 +299,8 @@ class Dictionary:
         tol : float, optional
             Relative residual in [0, 1) at which a sample stops; default: the fit's.
         coder : {"omp", "mp"}, optional
-            Default: the fit's.
+            Default: the fit's. "omp" computes its correlations in the fit's
+            ``params["correlation_dtype"]`` (bfloat16 ones need torch), "mp" in float32.
         out : path, optional
             Zarr group to write the codes to. When ``source`` is a path and ``out`` is not
             given, the codes are written next to it as ``<source>.codes[-<layer>].zarr``
@@ -325,10 +347,16 @@ class Dictionary:
                                      level_sizes=self.level_sizes)
         return Codes.load(out)
 
+    def centered(self, data: Any) -> Any:
+        """``data`` minus the training mean for a dictionary fitted with ``center=True``
+        (lazily for a dask array); ``data`` itself otherwise."""
+        return data if self.mean is None else data - self.mean
+
     def _code_graph(self, data: da.Array, rt: Any, n_nonzeros: list[int], tol: float,
                     coder: str) -> tuple[da.Array, da.Array]:
         """The lazy indices and values of ``data``'s codes, one task per chunk."""
         dtype = np.dtype(self.params.get("dtype", "float32"))
+        data = self.centered(data)
         atoms = np.ascontiguousarray(self.atoms, dtype=dtype)
         sizes = self.level_sizes or [self.n_atoms]
         shared_atoms = rt.share(atoms)
@@ -346,8 +374,10 @@ class Dictionary:
         return da.concatenate(index_chunks), da.concatenate(value_chunks)
 
     def reconstruct(self, codes: Codes) -> np.ndarray:
-        """``X D`` for in-memory codes, shape (n_samples, n_features)."""
-        return np.asarray(codes.to_csr() @ self.atoms)
+        """``X D`` (plus the training mean of a centred dictionary) for in-memory codes, shape
+        (n_samples, n_features)."""
+        rows = np.asarray(codes.to_csr() @ self.atoms)
+        return rows if self.mean is None else rows + self.mean.astype(rows.dtype)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the dictionary as a Zarr group, atomically.
@@ -362,6 +392,8 @@ class Dictionary:
         path = check_output(path, "dictionary", overwrite=overwrite)
         with atomic_group(path) as group:
             group.create_array("atoms", data=np.ascontiguousarray(self.atoms))
+            if self.mean is not None:
+                group.create_array("mean", data=self.mean)
             formats.write_header(group, "dictionary", params=self.params, history=self.history,
                                  fingerprint=self.fingerprint)
         return path
@@ -370,8 +402,9 @@ class Dictionary:
     def load(cls, path: str | os.PathLike) -> Dictionary:
         """Read a dictionary written by :meth:`save`."""
         group, meta = formats.open_kind(path, "dictionary")
+        mean = np.asarray(group["mean"][...]) if "mean" in group else None
         return cls(np.asarray(group["atoms"][...]), meta.get("params"), meta.get("history"),
-                   meta.get("fingerprint"))
+                   meta.get("fingerprint"), mean)
 
 
 def describe_dictionary(path: Path) -> dict:

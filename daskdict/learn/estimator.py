@@ -41,8 +41,8 @@ class KSVD(TransformerMixin, BaseEstimator):
 
     def __init__(self, n_atoms=None, n_nonzero=10, n_iter=10, *, coder="omp", tol=0.0,
                  update="approx", atom_batch_size=None, shuffle_atoms=True, replace_atoms=True,
-                 init="data", dtype="float32", positive=False, random_state=None, client=None,
-                 verbose=False):
+                 init="data", dtype="float32", positive=False, center=False,
+                 correlation_dtype="float32", random_state=None, client=None, verbose=False):
         self.n_atoms = n_atoms
         self.n_nonzero = n_nonzero
         self.n_iter = n_iter
@@ -55,6 +55,8 @@ class KSVD(TransformerMixin, BaseEstimator):
         self.init = init
         self.dtype = dtype
         self.positive = positive
+        self.center = center
+        self.correlation_dtype = correlation_dtype
         self.random_state = random_state
         self.client = client
         self.verbose = verbose
@@ -69,9 +71,9 @@ class KSVD(TransformerMixin, BaseEstimator):
             X, self.n_atoms, self.n_nonzero, self.n_iter, coder=self.coder, tol=self.tol,
             update=self.update, atom_batch_size=self.atom_batch_size,
             shuffle_atoms=self.shuffle_atoms, replace_atoms=self.replace_atoms, init=self.init,
-            dtype=self.dtype, positive=self.positive, random_state=self.random_state,
-            client=self._where(),
-            verbose=self.verbose)
+            dtype=self.dtype, positive=self.positive, center=self.center,
+            correlation_dtype=self.correlation_dtype, random_state=self.random_state,
+            client=self._where(), verbose=self.verbose)
         self._set_dictionary(dictionary)
         return self
 
@@ -89,9 +91,12 @@ class KSVD(TransformerMixin, BaseEstimator):
         return codes.to_dense().astype(X.dtype, copy=False)
 
     def inverse_transform(self, X):
-        """Reconstruction ``X @ components_`` of dense codes."""
+        """Reconstruction ``X @ components_`` of dense codes (plus the training mean when
+        ``center``)."""
         check_is_fitted(self)
-        return np.asarray(X) @ self.components_
+        rows = np.asarray(X) @ self.components_
+        mean = self.dictionary_.mean
+        return rows if mean is None else rows + mean.astype(rows.dtype)
 
     @property
     def _n_features_out(self):
@@ -126,6 +131,8 @@ class KSVD(TransformerMixin, BaseEstimator):
             fields = {"params": est_params, "fitted": fitted}
             if fitted:
                 group.create_array("atoms", data=np.ascontiguousarray(self.components_))
+                if self.dictionary_.mean is not None:
+                    group.create_array("mean", data=self.dictionary_.mean)
                 fields.update(n_features_in=int(self.n_features_in_),
                               dictionary_params=self.dictionary_.params,
                               history=self.dictionary_.history,
@@ -144,7 +151,8 @@ class KSVD(TransformerMixin, BaseEstimator):
         if meta.get("fitted"):
             estimator._set_dictionary(Dictionary(
                 np.asarray(group["atoms"][...]), meta.get("dictionary_params"),
-                meta.get("history"), meta.get("fingerprint")))
+                meta.get("history"), meta.get("fingerprint"),
+                np.asarray(group["mean"][...]) if "mean" in group else None))
             estimator.n_features_in_ = int(meta["n_features_in"])
         return estimator
 

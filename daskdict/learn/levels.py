@@ -90,10 +90,12 @@ def residual_rows(data: da.Array, reader: Any, models: list[Dictionary]) -> Any:
     stacked = stack_levels(models)
     atoms = np.ascontiguousarray(stacked.atoms)
     grams = coding.level_grams(atoms, stacked.level_sizes)
-    arguments = (atoms, grams, stacked.level_sizes, stacked.level_nonzeros,
+    mean = None if stacked.mean is None else stacked.mean.astype(atoms.dtype)
+    arguments = (mean, atoms, grams, stacked.level_sizes, stacked.level_nonzeros,
                  float(stacked.params.get("tol", 0.0)),
                  coder_key(stacked.params.get("coder", "omp"),
-                           bool(stacked.params.get("positive", False))))
+                           bool(stacked.params.get("positive", False)),
+                           stacked.params.get("correlation_dtype", "float32")))
     if isinstance(reader, np.ndarray):
         rows = np.empty(data.shape, dtype=atoms.dtype)
         for start in range(0, data.shape[0], _MEMORY_ROWS):
@@ -103,11 +105,12 @@ def residual_rows(data: da.Array, reader: Any, models: list[Dictionary]) -> Any:
     return data.map_blocks(_residual_block, *arguments, dtype=atoms.dtype)
 
 
-def _residual_block(y: np.ndarray, atoms: np.ndarray, grams: list[np.ndarray],
-                    level_sizes: list[int], n_nonzeros: list[int], tol: float,
-                    coder: str) -> np.ndarray:
-    """One block's residual after the levels (see :func:`coding.code_levels`)."""
-    y = coding.as_block(y, atoms.dtype)
+def _residual_block(y: np.ndarray, mean: np.ndarray | None, atoms: np.ndarray,
+                    grams: list[np.ndarray], level_sizes: list[int], n_nonzeros: list[int],
+                    tol: float, coder: str) -> np.ndarray:
+    """One block's residual after the levels (see :func:`coding.code_levels`), of the rows
+    minus ``mean`` when the first level was centred."""
+    y = coding.as_block(y if mean is None else np.asarray(y) - mean, atoms.dtype)
     return coding.code_levels(y, atoms, grams, level_sizes, n_nonzeros, tol, coder,
                               exact=True)[2]
 
@@ -128,4 +131,4 @@ def stack_levels(models: list[Dictionary], seed: int | None = None) -> Dictionar
     history = [{**record, "level": level} for level, m in enumerate(models)
                for record in m.history]
     atoms = np.vstack([m.atoms for m in models])
-    return Dictionary(atoms, params, history, models[0].fingerprint)
+    return Dictionary(atoms, params, history, models[0].fingerprint, models[0].mean)

@@ -7,19 +7,26 @@ one would have drawn.
 
 from __future__ import annotations
 
+import importlib.util
 import numbers
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from daskdict.errors import InvalidInputError
+from daskdict.learn import reduced
 from daskdict.validation import check_choice, check_positive_int
 
 CODER_NAMES = ("omp", "mp")
 UPDATES = ("approx", "ksvd")
 INITS = ("data", "kmeans++", "random")
 DTYPES = ("float32", "float64")
+# the precision of the correlations Y_b D^T that choose each code's atoms ("auto" is resolved
+# to one of the others once per fit, see check_correlation_dtype)
+CORRELATION_DTYPES = ("float32", "bfloat16", "auto")
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,10 @@ class FitParams:
     init: str = "data"
     dtype: str = "float32"
     positive: bool = False
+    center: bool = False
+    correlation_dtype: str = "float32"
+    # why: "bfloat16 (auto: amx_bf16, torch 2.13)"; describes the choice, does not make it
+    correlations: str = "float32"
 
     def to_dict(self) -> dict:
         """The parameters as a JSON-ready dict."""
@@ -46,13 +57,101 @@ class FitParams:
     @property
     def coder_key(self) -> str:
         """The coder's key in :data:`daskdict.learn.coding.CODERS` (with its sign rule)."""
-        return coder_key(self.coder, self.positive)
+        return coder_key(self.coder, self.positive, self.correlation_dtype)
 
 
-def coder_key(coder: str, positive: bool) -> str:
-    """The key of ``coder`` in :data:`daskdict.learn.coding.CODERS`: ``"omp"`` or
-    ``"omp-positive"`` (non-negative codes)."""
-    return f"{coder}-positive" if positive else coder
+def coder_key(coder: str, positive: bool, correlation_dtype: str = "float32") -> str:
+    """The key of ``coder`` in :data:`daskdict.learn.coding.CODERS`: ``"omp"``,
+    ``"omp-positive"`` (non-negative codes), each with ``"-bf16"`` for correlations from
+    bfloat16 inputs (``correlation_dtype="bfloat16"``, resolved: see
+    :func:`check_correlation_dtype`)."""
+    key = f"{coder}-positive" if positive else coder
+    return key + reduced.SUFFIX if correlation_dtype == "bfloat16" else key
+
+
+def check_correlation_dtype(correlation_dtype: Any, coder: str, dtype: str
+                            ) -> tuple[str, str]:
+    """``correlation_dtype`` resolved once for a fit: ``("float32" or "bfloat16", why)``.
+
+    ``"auto"`` picks bfloat16 only for Batch-OMP on float32 data, where torch is importable
+    and the CPU reports bfloat16 units; ``"bfloat16"`` is refused, naming the fix, where it
+    cannot be used.
+    """
+    check_choice("correlation_dtype", correlation_dtype, CORRELATION_DTYPES)
+    return resolve_correlations(correlation_dtype, coder, dtype)
+
+
+# CPU flags (Linux /proc/cpuinfo) of bfloat16 matrix or vector units.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
+    path = Path("/proc/cpuinfo")
+    if not sys.platform.startswith("linux") or not path.exists():
+        return set()
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def torch_version() -> str | None:
+    """The version of torch, or None when it cannot be imported (asked only where bfloat16
+    correlations would be used, which import it anyway)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.__version__).split("+")[0]
+
+
+def resolve_correlations(correlation_dtype: str, coder: str = "omp", dtype: str = "float32"
+                         ) -> tuple[str, str]:
+    """The precision a fit's correlations use, and why, decided once per fit.
+
+    Parameters
+    ----------
+    correlation_dtype : {"float32", "bfloat16", "auto"}
+        Checked by the caller.
+    coder, dtype : str
+        The fit's coder and dtype: bfloat16 correlations serve Batch-OMP (signed or
+        non-negative) on float32 data.
+
+    Returns
+    -------
+    chosen : {"float32", "bfloat16"}
+    note : str
+        E.g. ``"bfloat16 (auto: amx_bf16, torch 2.13)"``.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``"bfloat16"`` without torch, with coder ``"mp"`` or with dtype ``"float64"``.
+    """
+    if correlation_dtype == "float32":
+        return "float32", "float32"
+    forced = correlation_dtype == "bfloat16"
+    why = None
+    if coder != "omp":
+        why = f"coder={coder!r} takes float32 correlations; use coder='omp'"
+    elif dtype != "float32":
+        why = f"dtype={dtype!r} keeps correlations in its own precision; use dtype='float32'"
+    units = sorted(cpu_flags().intersection(BF16_FLAGS))
+    if why is None and not forced and not units:
+        why = "the CPU reports no bfloat16 units (amx_bf16, avx512_bf16)"
+    version = torch_version() if why is None else None
+    if why is None and version is None:
+        why = f"torch is not installed: {reduced.TORCH_FIX}" if forced else "torch is not installed"
+    if forced:
+        if why is not None:
+            raise InvalidInputError(f"correlation_dtype='bfloat16' cannot be used: {why}.")
+        return "bfloat16", f"bfloat16 (forced, torch {version})"
+    if why is not None:
+        return "float32", f"float32 (auto: {why.partition(';')[0]})"
+    return "bfloat16", f"bfloat16 (auto: {', '.join(units)}, torch {version})"
 
 
 def check_positive(positive: Any, coder: str, update: str) -> bool:
@@ -112,7 +211,8 @@ def check_dtype(dtype: Any) -> str:
 
 def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
                     shuffle_atoms, replace_atoms, init, dtype, n_samples: int,
-                    n_features: int, positive: bool = False) -> FitParams:
+                    n_features: int, positive: bool = False, center: bool = False,
+                    correlation_dtype: str = "float32") -> FitParams:
     """Check every hyper-parameter against the data's shape; raise naming the problem.
 
     Parameters are those of :func:`daskdict.fit`; ``n_samples`` and ``n_features`` are the
@@ -141,9 +241,13 @@ def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_s
     atom_batch_size = check_positive_int("atom_batch_size", atom_batch_size, optional=True)
     init_name = check_init(init, n_atoms, n_features)
     positive = check_positive(positive, coder, update)
+    if not isinstance(center, bool | np.bool_):
+        raise InvalidInputError(f"Expected center to be True or False. Got {center!r:.100}.")
+    dtype = check_dtype(dtype)
+    correlation_dtype, why = check_correlation_dtype(correlation_dtype, coder, dtype)
     return FitParams(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
-                     bool(shuffle_atoms), bool(replace_atoms), init_name, check_dtype(dtype),
-                     positive)
+                     bool(shuffle_atoms), bool(replace_atoms), init_name, dtype,
+                     positive, bool(center), correlation_dtype, why)
 
 
 def base_seed(random_state: Any) -> int:

@@ -32,6 +32,7 @@ from daskdict.errors import InvalidInputError
 from daskdict.io.formats import check_output
 from daskdict.io.reads import open_rows
 from daskdict.learn import coding, shares
+from daskdict.learn.centering import centered_rows
 from daskdict.learn.checkpoints import (
     check_checkpoint_path,
     check_resumable,
@@ -58,6 +59,15 @@ from daskdict.learn.updates import (
     replace_atoms,
     summary,
 )
+from daskdict.learn.validation_rows import (
+    EarlyStopping,
+    best_checkpoint_path,
+    check_patience,
+    load_best,
+    open_validation,
+    save_best,
+    validation_error,
+)
 
 __all__ = ["base_seed", "fit", "initial_atoms"]
 
@@ -73,6 +83,10 @@ class _Fit:
     seed: int
     checkpoint: Path | None
     state: dict | None
+    validation: Any = None
+    validation_description: dict | None = None
+    patience: int | None = None
+    best_checkpoint: Path | None = None
 
 
 # The docstring of fit (long: every parameter of a fit), kept out of its body.
@@ -122,6 +136,39 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
         Non-negative codes (non-negative Batch-OMP with a non-negative least-squares refit on
         the support): each concept is one-sided, and ``encode`` codes the same way. Needs
         ``coder="omp"`` and ``update="approx"``.
+    center : bool, default=False
+        Fit the rows minus their mean (one more pass over the data), kept in the dictionary
+        (``mean``) so that ``encode`` codes ``y - mean`` and ``reconstruct`` adds it back. With
+        levels, the first level is fitted on the centred rows. (Scaling rows to unit norm is
+        not offered: it changes no code's atoms, since OMP's support is the same for ``c y``
+        as for ``y``, only how much each row weighs in the fit.)
+    validation : path, EmbeddingStore, zarr.Array, zarr.Group, dask array or ndarray, optional
+        Held-out rows of shape (n_validation, n_features), never trained on, in any form
+        ``source`` takes (a store is read at the same ``layer``); not the training source
+        itself. After each iteration they are coded with the iteration's new atoms, as
+        ``encode`` codes them (same coder, ``n_nonzero``, ``tol``, ``positive``; minus the
+        mean of a centred fit), and ``||V - X D||_F / ||V||_F`` (of the centred rows for a
+        centred fit, like the training error) is recorded as ``validation_error``: one task
+        per chunk of the rows, one more (short) pass per iteration. With levels, each level
+        codes what the levels before it leave of the rows.
+    patience : int, optional
+        Needs ``validation``. Stop once the validation error has not decreased by more than a
+        relative 1e-4 for ``patience`` iterations in a row; the last record then holds
+        ``stopped_early=True``, the dictionary keeps the atoms of the iteration with the
+        lowest validation error, and its ``params["best_iteration"]`` names it. A fit that
+        stopped is finished: resuming its checkpoint runs no more iterations (pass
+        ``resume=False`` to start over). With levels, each level stops on its own.
+    correlation_dtype : {"float32", "bfloat16", "auto"}, default="float32"
+        Precision of the correlations ``Y_b D^T`` from which each code's atoms are chosen.
+        "bfloat16" computes them from bfloat16 inputs with float32 sums, through PyTorch
+        (needs torch, coder "omp", signed or positive, and dtype "float32"), on the matrix
+        units of CPUs that have them (AMX, AVX512-BF16); the correlation of every chosen atom,
+        and of every atom within the rounding's bound of the best, is then recomputed in
+        float32, so each choice, the coefficients and the residual are float32's. "auto"
+        picks "bfloat16" where torch is installed and the CPU reports amx_bf16 or
+        avx512_bf16, "float32" elsewhere. The choice is made once per fit and recorded:
+        ``params["correlation_dtype"]`` (what was used; ``encode`` uses it by default),
+        ``params["correlations"]`` and each history record's ``correlations`` (why).
     random_state : int, Generator or None
         Makes the fit reproducible.
     client : distributed.Client, a Dask cluster, "local", "threads", "sync" or None
@@ -132,7 +179,8 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
         Zarr group where the state is saved atomically after every iteration. If it already
         holds the state of the same fit, the fit resumes after its last finished iteration
         (e.g. after the batch job running the fit hit its walltime). With levels, level k's
-        state goes to ``<checkpoint>.level<k>``.
+        state goes to ``<checkpoint>.level<k>``. With ``patience``, the best atoms, when older
+        than the last iteration's, are kept in ``<checkpoint>.best``.
     resume : bool, default=True
         Resume from ``checkpoint`` when it holds a finished iteration; False starts over and
         overwrites it.
@@ -150,12 +198,16 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
         ``atoms`` of shape (n_atoms, n_features) with unit rows, ``history`` (one dict per
         iteration: relative error, FVU, mean per-sample relative residual, mean L0, dead atoms,
         replaced atoms, seconds; measured by the iteration's coding step; with levels, each
-        level's, marked with its ``level``) and ``params``.
+        level's, marked with its ``level``; with ``validation``, ``validation_error`` and
+        ``validation_seconds``, of the atoms the iteration made) and ``params`` (with
+        ``validation``: ``best_iteration``, ``patience`` and the rows' ``validation``).
 
     Raises
     ------
     InvalidInputError
-        For bad parameters or data (NaN/inf rows, values too large for ``dtype``).
+        For bad parameters or data (NaN/inf rows, values too large for ``dtype``), validation
+        rows of another width or that are the training source, ``patience`` without
+        ``validation``.
     OutputNotWritableError
         If ``out`` or ``checkpoint`` is the input, holds something else, or cannot be written.
     CheckpointMismatchError
@@ -179,6 +231,10 @@ def fit(
     init: str | np.ndarray = "data",
     dtype: str | np.dtype = "float32",
     positive: bool = False,
+    center: bool = False,
+    correlation_dtype: str = "float32",
+    validation: Any = None,
+    patience: int | None = None,
     random_state: int | np.random.Generator | None = None,
     client: Any = None,
     checkpoint: str | os.PathLike | None = None,
@@ -189,14 +245,16 @@ def fit(
 ) -> Dictionary:
     hyper = dict(n_iter=n_iter, coder=coder, tol=tol, update=update,
                  atom_batch_size=atom_batch_size, shuffle_atoms=shuffle_atoms,
-                 replace_atoms=replace_atoms, init=init, dtype=dtype, positive=positive)
+                 replace_atoms=replace_atoms, init=init, dtype=dtype, positive=positive,
+                 center=center, correlation_dtype=correlation_dtype)
+    early = dict(validation=validation, patience=check_patience(patience, validation))
     levels = split_levels(n_atoms, n_nonzero)
     if levels is not None:
         return _fit_levels(source, layer, levels, hyper, random_state, client,
                            dict(checkpoint=checkpoint, resume=resume, out=out,
-                                overwrite=overwrite), verbose)
+                                overwrite=overwrite), verbose, early)
     setup = _prepare(source, layer, dict(n_atoms=n_atoms, n_nonzero=n_nonzero, **hyper),
-                     random_state, checkpoint, resume, out, overwrite)
+                     random_state, checkpoint, resume, out, overwrite, early)
     # A LocalCluster started here is one worker process with a thread per core: its threads
     # share one Gram matrix in the CPU's cache and balance their share of the rows, which is
     # faster than one single-threaded process per core.
@@ -215,10 +273,16 @@ fit.__doc__ = _FIT_DOC
 
 
 def _fit_levels(source: Any, layer: str | None, levels: list[tuple[Any, Any]], hyper: dict,
-                random_state: Any, client: Any, outputs: dict, verbose: bool) -> Dictionary:
+                random_state: Any, client: Any, outputs: dict, verbose: bool,
+                early: dict) -> Dictionary:
     """A dictionary with levels: every level's parameters and every output are checked
-    first, then each level is fitted on what the levels before it leave."""
+    first, then each level is fitted on what the levels before it leave (and validated on
+    what they leave of the validation rows)."""
     data, description, reader = open_rows(source, layer, skip_flagged=True)
+    held_out = None
+    if early["validation"] is not None:
+        held_out = open_validation(early["validation"], layer, source, description,
+                                   data.shape[1])
     if not isinstance(hyper["init"], str):
         raise InvalidInputError("A dictionary with levels takes init by name ('data', "
                                 "'kmeans++' or 'random'): each level starts from its own rows.")
@@ -226,19 +290,29 @@ def _fit_levels(source: Any, layer: str | None, levels: list[tuple[Any, Any]], h
         validate_params(n_atoms=n_atoms, n_nonzero=n_nonzero, **hyper,
                         n_samples=data.shape[0], n_features=data.shape[1])
     checkpoints = [level_checkpoint(outputs["checkpoint"], level) for level in range(len(levels))]
-    inputs = [source, description["path"]]
+    inputs, written = [source, description["path"]], list(checkpoints)
+    if held_out is not None:
+        inputs += [early["validation"], held_out[1]["path"]]
+    if early["patience"] is not None:
+        written += [best_checkpoint_path(path) for path in checkpoints]
     if outputs["out"] is not None:
-        check_output(outputs["out"], "dictionary", inputs=[*inputs, *checkpoints],
+        check_output(outputs["out"], "dictionary", inputs=[*inputs, *written],
                      overwrite=outputs["overwrite"])
-    for path in checkpoints:
+    for path in written:
         if path is not None:
             check_checkpoint_path(path, [*inputs, outputs["out"]])
     seed = base_seed(random_state)
     models: list[Dictionary] = []
     for level, (n_atoms, n_nonzero) in enumerate(levels):
         rows = source if level == 0 else residual_rows(data, reader, models)
+        validation = early["validation"]
+        if held_out is not None and level > 0:
+            validation = residual_rows(held_out[0], held_out[2], models)
+        # the first level centres the rows; the next ones fit what it leaves of them
+        level_hyper = {**hyper, "center": hyper["center"] and level == 0}
         models.append(fit(rows, n_atoms, n_nonzero, layer=layer if level == 0 else None,
-                          **hyper, random_state=level_seed(seed, level), client=client,
+                          **level_hyper, validation=validation, patience=early["patience"],
+                          random_state=level_seed(seed, level), client=client,
                           checkpoint=checkpoints[level], resume=outputs["resume"],
                           verbose=verbose))
     model = stack_levels(models, seed)
@@ -248,10 +322,16 @@ def _fit_levels(source: Any, layer: str | None, levels: list[tuple[Any, Any]], h
 
 
 def _prepare(source: Any, layer: str | None, hyper: dict, random_state: Any,
-             checkpoint: Any, resume: bool, out: Any, overwrite: bool) -> _Fit:
+             checkpoint: Any, resume: bool, out: Any, overwrite: bool, early: dict) -> _Fit:
     """Open the data and check every parameter and output before any work starts."""
     data, description, reader = open_rows(source, layer, skip_flagged=True)
     n_samples, n_features = data.shape
+    inputs = [source, description["path"]]
+    validation = held_out = None
+    if early["validation"] is not None:
+        validation, held_out, _ = open_validation(early["validation"], layer, source,
+                                                  description, n_features)
+        inputs += [early["validation"], held_out["path"]]
     if hyper["n_atoms"] is None:
         hyper["n_atoms"] = 4 * n_features
     params = validate_params(**hyper, n_samples=n_samples, n_features=n_features)
@@ -261,18 +341,23 @@ def _prepare(source: Any, layer: str | None, hyper: dict, random_state: Any,
             f"or dask array of one chunk; this one has {data.numblocks[0]} chunks. Use "
             "update='approx' (one pass per iteration) or load the data into memory."
         )
-    inputs = [source, description["path"]]
+    # only a fit that may stop early returns (and so keeps) atoms older than its last ones
+    best_path = best_checkpoint_path(checkpoint) if early["patience"] is not None else None
     if out is not None:
-        check_output(out, "dictionary", inputs=[*inputs, checkpoint], overwrite=overwrite)
+        check_output(out, "dictionary", inputs=[*inputs, checkpoint, best_path],
+                     overwrite=overwrite)
     checkpoint_path = None
     if checkpoint is not None:
         checkpoint_path = check_checkpoint_path(checkpoint, [*inputs, out])
+        if best_path is not None:
+            best_path = check_checkpoint_path(best_path, [*inputs, out])
     seed = base_seed(random_state)
     state = load_checkpoint(checkpoint_path) if checkpoint_path is not None and resume else None
     if state is not None:
         check_resumable(state, checkpoint_path, params.to_dict(), seed, random_state is not None)
         seed = int(state["seed"])
-    return _Fit(data, reader, description, params, seed, checkpoint_path, state)
+    return _Fit(data, reader, description, params, seed, checkpoint_path, state, validation,
+                held_out, early["patience"], best_path)
 
 
 def _run(setup: _Fit, init: Any, rt: Runtime, verbose: bool) -> Dictionary:
@@ -280,6 +365,11 @@ def _run(setup: _Fit, init: Any, rt: Runtime, verbose: bool) -> Dictionary:
     data, params, state = setup.data, setup.params, setup.state
     n_rows, n_zero_rows, digest = _validate_data(data, rt, params.dtype)
     data_fingerprint = fingerprint(data, setup.description, digest)
+    if setup.validation is not None:
+        _validate_held_out(setup.validation, rt, params.dtype)
+    mean, reader = None, setup.reader
+    if params.center:
+        data, reader, mean = centered_rows(data, reader, rt, params.dtype)
     if state is not None:
         check_same_data(state, setup.checkpoint, data_fingerprint)
         atoms, history = state["atoms"].astype(params.dtype), list(state["history"])
@@ -287,6 +377,7 @@ def _run(setup: _Fit, init: Any, rt: Runtime, verbose: bool) -> Dictionary:
         atoms = initial_atoms(data, init, params.n_atoms, iteration_rng(setup.seed, 0),
                               params.dtype)
         history = []
+    stopper = _resumed_stopper(setup, history, atoms, data_fingerprint)
     # The rows are cut into as many shares as the cluster has worker processes now, and kept
     # so for the whole fit (and its resumption): a worker lost or added later changes where
     # shares run, not how the statistics are summed, so the atoms stay the same.
@@ -294,26 +385,101 @@ def _run(setup: _Fit, init: Any, rt: Runtime, verbose: bool) -> Dictionary:
     n_shares = n_shares or len(rt.workers())
     bar = _progress_bar(params.n_iter, len(history), verbose)
     try:
-        for iteration in range(len(history) + 1, params.n_iter + 1):
-            atoms, record = _iterate(data, setup.reader, atoms, params, rt,
+        # a fit that stopped early is finished: its checkpoint runs no more iterations
+        last = len(history) if stopper.stopped else params.n_iter
+        for iteration in range(len(history) + 1, last + 1):
+            atoms, record = _iterate(data, reader, atoms, params, rt,
                                      iteration_rng(setup.seed, iteration), n_rows, n_zero_rows,
                                      data.shape[1], n_shares)
             record["iteration"] = iteration
+            record["correlations"] = setup.params.correlations
+            if setup.validation is not None:
+                _validate_iteration(setup, stopper, atoms, mean, record, rt)
             history.append(record)
             if setup.checkpoint is not None:
-                save_checkpoint(setup.checkpoint, {
-                    "atoms": atoms, "history": history, "seed": setup.seed,
-                    "params": params.to_dict(), "fingerprint": data_fingerprint,
-                    "n_shares": n_shares})
+                _save_states(setup, stopper, atoms, history, data_fingerprint, n_shares)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(rel_err=f"{record['relative_error']:.4f}",
-                                dead=record["dead_atoms"])
+                bar.set_postfix(_postfix(record))
+            if stopper.stopped:
+                break
     finally:
         if bar is not None:
             bar.close()
-    return Dictionary(atoms=atoms, params={**params.to_dict(), "random_state": setup.seed},
-                      history=history, fingerprint=data_fingerprint)
+    extra: dict[str, Any] = {}
+    if setup.validation is not None or stopper.stopped:
+        extra = {"patience": setup.patience, "best_iteration": stopper.best_iteration}
+    if setup.validation is not None:
+        extra["validation"] = {**setup.validation_description,
+                               "n_samples": int(setup.validation.shape[0])}
+    if (setup.patience is not None or stopper.stopped) and stopper.best_atoms is not None:
+        atoms = stopper.best_atoms
+    return Dictionary(atoms=atoms, params={**params.to_dict(), "random_state": setup.seed,
+                                           **extra},
+                      history=history, fingerprint=data_fingerprint, mean=mean)
+
+
+def _validate_held_out(rows: Any, rt: Runtime, dtype: str) -> None:
+    """The pass of :func:`_validate_data` over the validation rows, its errors naming them."""
+    try:
+        _validate_data(rows, rt, dtype)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"In the validation rows: {exc}") from None
+
+
+def _resumed_stopper(setup: _Fit, history: list[dict], atoms: np.ndarray,
+                     data_fingerprint: dict) -> EarlyStopping:
+    """The early-stopping state after the iterations of ``history``, with the best atoms when
+    the fit may return them (from the checkpoint's ``.best`` group when they are older than
+    ``atoms``, the state after the last iteration)."""
+    stopper = EarlyStopping(setup.patience, history)
+    if stopper.best_iteration == 0 or not (setup.patience is not None or stopper.stopped):
+        return stopper
+    if stopper.best_iteration == len(history):
+        stopper.best_atoms = atoms
+    elif setup.checkpoint is not None:
+        stopper.best_atoms = load_best(best_checkpoint_path(setup.checkpoint),
+                                       stopper.best_iteration, stopper.best_error,
+                                       setup.seed, data_fingerprint)
+        stopper.saved_iteration = stopper.best_iteration
+    return stopper
+
+
+def _validate_iteration(setup: _Fit, stopper: EarlyStopping, atoms: np.ndarray,
+                        mean: np.ndarray | None, record: dict, rt: Runtime) -> None:
+    """Record the validation error of the iteration's new atoms; mark the record where the
+    fit stops."""
+    start = time.perf_counter()
+    error = validation_error(setup.validation, atoms, mean, setup.params, rt)
+    record.update(validation_error=error, validation_seconds=time.perf_counter() - start)
+    if stopper.update(record["iteration"], error, atoms):
+        stopper.stopped = True
+        record["stopped_early"] = True
+
+
+def _save_states(setup: _Fit, stopper: EarlyStopping, atoms: np.ndarray, history: list[dict],
+                 data_fingerprint: dict, n_shares: int) -> None:
+    """Checkpoint the state after an iteration. Best atoms older than the new ones are kept
+    first, in their own group, so that the state never names best atoms not yet saved."""
+    if (setup.best_checkpoint is not None and stopper.best_atoms is not None
+            and stopper.best_iteration < len(history)
+            and stopper.saved_iteration != stopper.best_iteration):
+        save_best(setup.best_checkpoint, stopper.best_atoms, stopper.best_iteration,
+                  stopper.best_error, setup.seed, data_fingerprint)
+        stopper.saved_iteration = stopper.best_iteration
+    save_checkpoint(setup.checkpoint, {
+        "atoms": atoms, "history": history, "seed": setup.seed,
+        "params": setup.params.to_dict(), "fingerprint": data_fingerprint,
+        "n_shares": n_shares})
+
+
+def _postfix(record: dict) -> dict:
+    """What the progress bar shows of an iteration."""
+    shown = {"rel_err": f"{record['relative_error']:.4f}"}
+    if "validation_error" in record:
+        shown["val_err"] = f"{record['validation_error']:.4f}"
+    shown["dead"] = record["dead_atoms"]
+    return shown
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> Any:

@@ -122,6 +122,23 @@ def test_cosine_ranks_a_sides_users_by_cosine_with_its_direction(tmp_path):
         explain(model, store, representatives="cosine", atoms=atoms)
 
 
+def test_a_centred_dictionary_ranks_by_cosine_with_the_centred_rows(tmp_path):
+    atoms, embeddings, _, store = cosine_case(tmp_path)
+    mean = np.array([0.0, 0.0, 0.3])
+    model = Dictionary(atoms, params={"n_nonzero": 1}, mean=mean)
+    table = explain(model, store, min_count=1, representatives="cosine")
+    centred = embeddings - mean
+    codes = np.asarray(model.encode(embeddings).to_dense())
+    for row in table:
+        used = row["top_rows"]
+        side = np.sign(codes[used, row["atom"]])
+        scores = (centred[used] @ atoms[row["atom"]]) * side / np.linalg.norm(
+            centred[used], axis=1)
+        assert list(scores) == sorted(scores, reverse=True)
+    # centred, item 2 (0.9, 0, 0.3) lies along x and leads side 0+; uncentred item 1 did
+    assert table["0+"]["top_rows"] == [2, 1]
+
+
 def test_entry_cosines_match_a_direct_formula(rng):
     atoms = rng.standard_normal((4, 6))
     embeddings = rng.standard_normal((9, 6))
