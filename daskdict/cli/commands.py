@@ -23,9 +23,9 @@ import numpy as np
 import daskdict
 from daskdict.cli import real_demo
 from daskdict.datasets import planted_images, planted_text_encoder, write_named_planted_store
+from daskdict.embedding.clip import clip_text_encoder
 from daskdict.errors import InvalidInputError, OutputNotWritableError
 from daskdict.evaluation import recovered_fraction
-from daskdict.evaluation.metrics import clip_text_encoder
 from daskdict.explanations.explain import explanation_accuracy
 from daskdict.io.formats import check_apart, check_folder, check_output, describe, kind_of
 from daskdict.report import write_report
@@ -73,7 +73,7 @@ def _client(args: Namespace) -> str | None:
     return "threads" if args.in_process else None
 
 
-def _emit(result: dict) -> int:
+def emit(result: dict) -> int:
     print(json.dumps(result, default=str))
     return 0
 
@@ -83,9 +83,10 @@ def _emit(result: dict) -> int:
 
 def fit(args: Namespace) -> int:
     """``daskdict fit``: learn a dictionary and save it."""
-    out = check_out(args.out, "dictionary", [args.store, args.checkpoint], args.force)
+    out = check_out(args.out, "dictionary", [args.store, args.checkpoint, args.validation],
+                    args.force)
     if args.checkpoint is not None:
-        check_apart(args.checkpoint, [args.store, args.out])
+        check_apart(args.checkpoint, [args.store, args.out, args.validation])
     with contextlib.ExitStack() as stack:
         client = _client(args)
         if args.cluster != "local" or args.jobs is not None:
@@ -93,13 +94,18 @@ def fit(args: Namespace) -> int:
         model = daskdict.fit(args.store, n_atoms=_one_or_levels(args.atoms),
                              n_nonzero=_one_or_levels(args.nonzero), n_iter=args.iters,
                              layer=args.layer, coder=args.coder, positive=args.positive,
-                             update=args.update, tol=args.tol, random_state=args.seed,
-                             checkpoint=args.checkpoint, dtype=args.dtype, client=client,
-                             verbose=not args.quiet)
+                             center=args.center, update=args.update, tol=args.tol,
+                             correlation_dtype=args.correlation_dtype,
+                             random_state=args.seed, checkpoint=args.checkpoint,
+                             dtype=args.dtype, validation=args.validation,
+                             patience=args.patience, client=client, verbose=not args.quiet)
     model.save(out, overwrite=args.force)
     last = model.history[-1] if model.history else {}
-    return _emit({"out": str(out), "n_atoms": model.n_atoms, "level_sizes": model.level_sizes,
-                  "relative_error": last.get("relative_error"), "fvu": last.get("fvu")})
+    return emit({"out": str(out), "n_atoms": model.n_atoms, "level_sizes": model.level_sizes,
+                  "relative_error": last.get("relative_error"), "fvu": last.get("fvu"),
+                  "validation_error": last.get("validation_error"),
+                  "best_iteration": model.params.get("best_iteration"),
+                  "stopped_early": bool(last.get("stopped_early"))})
 
 
 def _one_or_levels(values: list[int] | None) -> int | list[int] | None:
@@ -133,7 +139,7 @@ def encode(args: Namespace) -> int:
     model = _load_dictionary(args.dictionary)
     codes = model.encode(args.store, layer=args.layer, out=out, overwrite=args.force,
                          client=_client(args), verbose=not args.quiet)
-    return _emit({"out": str(out), "n_samples": len(codes), "n_atoms": codes.n_atoms,
+    return emit({"out": str(out), "n_samples": len(codes), "n_atoms": codes.n_atoms,
                   "n_nonzero": int(codes.indices.shape[1])})
 
 
@@ -261,7 +267,7 @@ def report(args: Namespace) -> int:
     written = write_report(out, explanations, codes=codes, model=model, graph=graph,
                            graph_layer=args.graph_layer, overwrite=args.force,
                            title=args.title or f"daskdict concepts of {args.store}")
-    return _emit({"out": str(written), "explanations": str(table or args.explanations),
+    return emit({"out": str(written), "explanations": str(table or args.explanations),
                   "n_concepts": len(explanations), "n_atoms": explanations.meta.get("n_atoms"),
                   "method": explanations.meta.get("method")})
 
@@ -293,7 +299,7 @@ def graph(args: Namespace) -> int:
     concept_graph.fit(list(codes.values()), checkpoint=work / "graph-checkpoint")
     concept_graph.save(out, overwrite=args.force)
     metrics = concept_graph.metrics_
-    return _emit({"out": str(out), "work": str(work), "layers": names,
+    return emit({"out": str(out), "work": str(work), "layers": names,
                   "n_concepts": concept_graph.n_concepts_,
                   "n_edges": int(np.asarray(metrics["n_parents"]).sum()),
                   "median_auc": _median(metrics["auc"]), "median_f1": _median(metrics["f1"])})
@@ -318,22 +324,25 @@ def embed(args: Namespace) -> int:
     except ImportError as exc:  # the optional dependencies are missing
         raise InvalidInputError(str(exc)) from exc
     meta = store.attrs
-    return _emit({"out": str(out), "model": meta.get("model"), "n_items": store.n_items,
+    return emit({"out": str(out), "model": meta.get("model"), "n_items": store.n_items,
                   "n_failed": meta["embed"]["n_failed"], "layers": meta.get("layers")})
 
 
 def decompose(args: Namespace) -> int:
-    """``daskdict decompose``: texts through a BERT text encoder into a store of components."""
-    out = check_out(args.out, "embedding store", [args.source, args.model], args.force)
+    """``daskdict decompose``: images through a vision transformer, or texts through a BERT,
+    into a store of components."""
+    out = check_out(args.out, "embedding store", [args.source, args.model, args.captions],
+                    args.force)
     try:
         store = daskdict.decompose(args.source, out, args.model, n_layers=args.blocks,
                                    batch_size=args.batch_size, device=args.device,
                                    overwrite=args.force, verbose=not args.quiet,
-                                   text_column=args.text_column)
+                                   text_column=args.text_column, captions=args.captions,
+                                   dtype=args.dtype)
     except ImportError as exc:  # the optional dependencies are missing
         raise InvalidInputError(str(exc)) from exc
     components = [name for name in store.layer_names if name != "final"]
-    return _emit({"out": str(out), "n_items": store.n_items, "n_components": len(components),
+    return emit({"out": str(out), "n_items": store.n_items, "n_components": len(components),
                   "layers": store.layer_names})
 
 
@@ -350,7 +359,7 @@ def plan(args: Namespace) -> int:
     if out is not None:
         result.save(out, overwrite=args.force)
     print(result.summary(), file=sys.stderr)
-    return _emit(result.to_dict())
+    return emit(result.to_dict())
 
 
 def concepts(args: Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import daskdict
-from daskdict.cli import commands
+from daskdict.cli import commands, components
 from daskdict.compute.clusters import KINDS
 
 
@@ -59,6 +59,19 @@ def _add_fit(verbs: argparse._SubParsersAction) -> None:
                    help="sparse coder: Batch-OMP or matching pursuit (default omp)")
     p.add_argument("--positive", action="store_true",
                    help="non-negative codes: every concept one-sided (needs --coder omp)")
+    p.add_argument("--validation", metavar="PATH", default=None,
+                   help="held-out rows (a store read at --layer, or a Zarr array) whose error "
+                   "is recorded after each iteration")
+    p.add_argument("--patience", type=int, metavar="N", default=None,
+                   help="stop when the validation error has not improved by more than 1e-4 "
+                   "(relative) for N iterations; keeps the best atoms (needs --validation)")
+    p.add_argument("--correlation-dtype", choices=("float32", "bfloat16", "auto"),
+                   default="float32", help="precision of the correlations that choose each "
+                   "code's atoms: bfloat16 uses the CPU's matrix units through PyTorch, every "
+                   "choice settled in float32 (default float32)")
+    p.add_argument("--center", action="store_true",
+                   help="fit the rows minus their mean (kept in the dictionary; encode "
+                   "subtracts it)")
     p.add_argument("--update", choices=("approx", "ksvd"), default="approx",
                    help="atom update: one power step, or the exact K-SVD (default approx)")
     p.add_argument("--tol", type=float, default=0.0,
@@ -251,11 +264,16 @@ def _add_concepts(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_decompose(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("decompose", help="a text encoder's embeddings as the exact sum of its "
+    p = verbs.add_parser("decompose", help="a model's embeddings (images through ViT, DeiT, "
+                         "DINOv2 or CLIP, or texts through a BERT) as the exact sum of its "
                          "heads' and MLPs' contributions")
-    p.add_argument("source", help="a CSV/JSONL file of texts (one per row)")
-    p.add_argument("--model", default=None, help="a post-norm BERT text encoder: Hugging Face "
-                   "name or local folder (default sentence-transformers/all-MiniLM-L6-v2)")
+    p.add_argument("source", help="images (a folder, an image file, or a CSV/JSONL manifest "
+                   "with path) for a vision model, or a CSV/JSONL file of texts for a BERT")
+    p.add_argument("--model", default=None, help="a ViT, DeiT, DINOv2 or CLIP model (with its "
+                   "image processor) or a post-norm BERT: Hugging Face name or local folder "
+                   "(default sentence-transformers/all-MiniLM-L6-v2)")
+    p.add_argument("--captions", default=None,
+                   help="images only: a CSV/JSONL manifest of captions (path, caption)")
     p.add_argument("--text-column", default=None,
                    help="the column of SOURCE holding the texts (default: the first of text, "
                    "description, caption, sentence)")
@@ -263,16 +281,58 @@ def _add_decompose(verbs: argparse._SubParsersAction) -> None:
                    help="decompose the last BLOCKS blocks (default 10, or all of a smaller "
                    "model)")
     _out(p, "the embedding store to write: final and one layer per component", required=True)
-    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass "
+    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass "
                    "(default 8)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="of the stored component layers; final stays float32 (default "
+                   "float32)")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N or mps")
     _common(p, in_process=False)
     p.set_defaults(func=commands.decompose)
 
 
+def _add_align(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("align", help="CompAlign: one linear map per component of a "
+                         "decomposition into a CLIP space")
+    p.add_argument("components", help="a store of components (written by 'daskdict "
+                   "decompose')")
+    p.add_argument("--target", required=True, help="an embedding store of the same items in "
+                   "the target space (its final layer), e.g. written by 'daskdict embed' with "
+                   "a CLIP")
+    _out(p, "where to save the alignment (Zarr)", required=True)
+    p.add_argument("--penalty", type=float, default=1.0,
+                   help="weight of the orthogonality penalty (default 1; 0 for the ablation "
+                   "without it)")
+    p.add_argument("--shared", action="store_true",
+                   help="the ablation with one unconstrained map for every component")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the rows (default 10)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    _common(p, in_process=False)
+    p.set_defaults(func=components.align)
+
+
+def _add_scores(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("scores", help="which components carry which text-described "
+                         "features (scores of every component for every feature)")
+    p.add_argument("components", help="the store of components the alignment was fitted on "
+                   "(or another of the same model)")
+    p.add_argument("--alignment", required=True, help="an alignment saved by 'daskdict align'")
+    p.add_argument("--features", required=True, help='a JSON file: {"pattern": ["striped", '
+                   '"spotted"], "color": [...]}')
+    p.add_argument("--clip", required=True, help="the CLIP whose text tower embeds the "
+                   "features (Hugging Face name or local folder): the alignment's target space")
+    _out(p, "where to write the scores (JSON)", required=True)
+    p.add_argument("--report", default=None, help="also write an HTML report: the scores, "
+                   "each feature's top components and the items its values retrieve through "
+                   "them")
+    _common(p, in_process=False, quiet="accepted like every verb's")
+    p.set_defaults(func=components.scores)
+
+
 VERBS = {"fit": _add_fit, "encode": _add_encode, "info": _add_info, "demo": _add_demo,
          "plan": _add_plan, "report": _add_report, "graph": _add_graph, "embed": _add_embed,
-         "concepts": _add_concepts, "decompose": _add_decompose}
+         "concepts": _add_concepts, "decompose": _add_decompose, "align": _add_align,
+         "scores": _add_scores}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,8 +19,9 @@ from daskdict.datasets import load_debian_packages
 from daskdict.datasets.planted import make_planted
 
 VERBS = ("fit", "encode", "info", "demo", "plan", "report", "graph", "embed", "concepts",
-         "decompose")
-WRITERS = ("fit", "encode", "demo", "plan", "report", "graph", "embed", "decompose")
+         "decompose", "align", "scores")
+WRITERS = ("fit", "encode", "demo", "plan", "report", "graph", "embed", "decompose", "align",
+           "scores")
 
 
 def snapshot(path: Path) -> dict:
