@@ -217,8 +217,9 @@ def time_split(path, atoms, n_nonzero, repeats, n_workers, n_threads, coder="omp
             pieces["GEMM y @ D.T"] = timed(lambda: reduced.correlations(y, atoms, corr),
                                            repeats)
             pieces["batch_omp"] = timed(lambda: reduced.CODERS[coder](
-                corr.copy(), gram, y, atoms, n_nonzero, 0.0, bounds), repeats)
-            idx, val = reduced.CODERS[coder](corr, gram, y, atoms, n_nonzero, 0.0, bounds)
+                corr.copy(), gram, sq, y, atoms, n_nonzero, 0.0, bounds), repeats)
+            idx, val = reduced.CODERS[coder](corr, gram, sq, y, atoms, n_nonzero, 0.0,
+                                             bounds)
         pieces["residual_statistics"] = timed(
             lambda: _kernels.residual_statistics(y, atoms, idx, val, n_worst), repeats)
         stats = _chunk_statistics(y, atoms, gram, n_nonzero, 0.0, coder, n_worst)

@@ -236,7 +236,7 @@ def _report_explanations(args: Namespace, codes: Any, model: Any) -> Any:
         return daskdict.Explanations.load(args.explanations)
     options = {"signs": args.signs, "representatives": args.representatives}
     if args.representatives == "cosine":
-        options["atoms"] = model.atoms
+        options["atoms"] = model  # its atoms, and the mean of a centred dictionary
     if args.method == "falcon":
         options["text_encoder"] = (planted_text_encoder(args.store)
                                    if args.text_encoder == "planted"

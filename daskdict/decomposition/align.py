@@ -7,6 +7,8 @@ image embedding ``z`` by maps ``F_i`` of shape (D, d) trained on
 
     L = mean over rows of [1 - cos(sum_i F_i c_i, z)] + penalty * sum_i ||F_i^T F_i - I||_F,
 
+(``||F_i F_i^T - I||_F`` when the target is narrower than the components, D < d),
+
 whose second term keeps every ``F_i`` near an orthogonal map (a multiple of one is what keeps
 the components' roles: their norms and angles). The ablation ``shared=True`` is the paper's
 naive baseline: one unconstrained map ``F`` for every component, ``s = F sum_i c_i``.
@@ -15,7 +17,8 @@ Gradients. With ``s = sum_i F_i c_i``, ``cos = s.z / (|s| |z|)`` and hats for un
 ``d(1 - cos)/ds = -(z^ - cos s^) / |s|``; averaged over the B rows of a minibatch this is the
 row ``g`` of ``G`` (B, D), and ``dL/dF_i = G^T C_i``. With ``A_i = F_i^T F_i - I``
 (symmetric), ``d||A_i||_F / dF_i = 2 F_i A_i / ||A_i||_F`` (zero where ``A_i = 0``, a
-subgradient of the norm). :func:`alignment_objective` computes both; a test checks them against
+subgradient of the norm; with ``A_i = F_i F_i^T - I`` it is ``2 A_i F_i / ||A_i||_F``).
+:func:`alignment_objective` computes both; a test checks them against
 finite differences.
 
 Training is minibatch Adam in NumPy, the penalty phased in (see :class:`CompAlign`), over row
@@ -29,36 +32,32 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
-import zarr
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 from tqdm.std import tqdm
 
 from daskdict.datasets.components import planted_orthogonal_maps
-from daskdict.decomposition.run import component_layers
+from daskdict.decomposition.align_inputs import (
+    Inputs,
+    chunk_bounds,
+    read_rows,
+    resolve,
+    resolve_components,
+)
 from daskdict.errors import InvalidInputError
 from daskdict.io import formats
 from daskdict.io.atomic import atomic_group, readable_path, recover_replaced
-from daskdict.io.reads import check_matrix, zarr_to_dask
-from daskdict.io.store import EmbeddingStore, open_store
 from daskdict.validation import check_positive_int
 
 __all__ = ["KIND", "CompAlign", "alignment_objective", "describe_alignment"]
 
 KIND = "alignment"
-# rows per read of inputs that have no row chunks of their own (NumPy arrays)
-DEFAULT_CHUNK_ROWS = 4096
-# at most this many bytes of float64 rows (all components and the target) per read
-_READ_BYTES = 64 * 2**20
 # the penalty is left out for this fraction of the steps, then its weight grows geometrically
 # from RAMP_START times its value to its value at the end (see CompAlign's Notes)
 WARMUP = 0.5
@@ -124,13 +123,20 @@ def alignment_objective(maps: np.ndarray, components: np.ndarray, target: np.nda
         return alignment, 0.0, np.ascontiguousarray(gradient)
     excess, norms = _excess(maps)
     scale = np.where(norms > 0, 2.0 * penalty / np.where(norms > 0, norms, 1.0), 0.0)
-    gradient = gradient + (maps @ excess) * scale[:, None, None]
+    pull = maps @ excess if maps.shape[1] >= maps.shape[2] else excess @ maps
+    gradient = gradient + pull * scale[:, None, None]
     return alignment, float(penalty * norms.sum()), gradient
 
 
 def _excess(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``F_i^T F_i - I`` of maps of shape (n_maps, D, d), and its Frobenius norm per map."""
-    excess = maps.transpose(0, 2, 1) @ maps - np.eye(maps.shape[2])
+    """How far maps of shape (n_maps, D, d) are from orthogonal, and its Frobenius norm per
+    map: ``F_i^T F_i - I_d`` when ``D >= d``; when the target is narrower (``D < d``, e.g. a
+    768-wide ViT into a 512-wide CLIP) no map can keep every direction, and the term is
+    ``F_i F_i^T - I_D`` (orthonormal rows), which can reach zero."""
+    if maps.shape[1] >= maps.shape[2]:
+        excess = maps.transpose(0, 2, 1) @ maps - np.eye(maps.shape[2])
+    else:
+        excess = maps @ maps.transpose(0, 2, 1) - np.eye(maps.shape[1])
     return excess, np.sqrt(np.einsum("kab,kab->k", excess, excess))
 
 
@@ -147,124 +153,6 @@ class _Adam:
         self.second = beta2 * self.second + (1 - beta2) * grad * grad
         correction = math.sqrt(1 - beta2 ** self.t) / (1 - beta1 ** self.t)
         params -= lr * correction * self.first / (np.sqrt(self.second) + eps)
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class _Inputs:
-    """Checked inputs: every component (NumPy or dask, (n, d)) and the target ((n, D))."""
-
-    names: list[str]
-    components: list[Any]
-    target: Any = None
-    paths: list[Path] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.n_rows, self.width = (int(n) for n in self.components[0].shape)
-
-
-def _as_rows(array: Any, what: str) -> Any:
-    """A NumPy or dask array of shape (n, width), checked for shape and dtype."""
-    if isinstance(array, zarr.Array):
-        check_matrix(array, what)
-        return zarr_to_dask(array)
-    if not isinstance(array, da.Array):
-        if isinstance(array, EmbeddingStore | zarr.Group | Mapping | str | os.PathLike):
-            raise InvalidInputError(f"Expected {what} to be an array. Got "
-                                    f"{type(array).__name__}.")
-        array = np.asarray(array)
-    check_matrix(array, what)
-    return array
-
-
-def _store(source: Any) -> EmbeddingStore | None:
-    if isinstance(source, str | os.PathLike):
-        return open_store(source)
-    return source if isinstance(source, EmbeddingStore) else None
-
-
-def _resolve_components(components: Any, known: list[str] | None = None) -> _Inputs:
-    """The components as :class:`_Inputs`; ``known`` (a fitted model's names) lets a mapping
-    hold any non-empty subset of them, in their order."""
-    store = _store(components)
-    if store is not None:
-        names = component_layers(store)
-        arrays = [store.layer(name) for name in names]
-        inputs = _Inputs(names, arrays, paths=[Path(store.path)])
-    elif isinstance(components, Mapping):
-        if not components:
-            raise InvalidInputError("Expected at least one component. Got an empty mapping.")
-        by_name = {str(name): array for name, array in components.items()}
-        names = list(by_name)
-        if known is not None:  # the fitted order; unknown names last (the caller refuses them)
-            names = [n for n in known if n in names] + [n for n in names if n not in known]
-        arrays = [_as_rows(by_name[name], f"component {name!r}") for name in names]
-        inputs = _Inputs(names, arrays)
-    else:
-        raise InvalidInputError(
-            "Expected components to be an embedding store written by daskdict.decompose (or "
-            f"its path) or a mapping of names to arrays. Got {type(components).__name__}.")
-    shape = (inputs.n_rows, inputs.width)
-    for name, array in zip(inputs.names, inputs.components, strict=True):
-        if tuple(array.shape) != shape:
-            raise InvalidInputError(
-                f"Expected every component to have the shape of {inputs.names[0]!r}, {shape} "
-                f"(rows, width). Got {tuple(array.shape)} for {name!r}.")
-    return inputs
-
-
-def _resolve(components: Any, target: Any, known: list[str] | None = None) -> _Inputs:
-    """Components and target, checked for shapes (values are checked chunk by chunk)."""
-    inputs = _resolve_components(components, known)
-    store = _store(target)
-    if store is not None:
-        inputs.target = store.layer("final")
-        inputs.paths.append(Path(store.path))
-    else:
-        inputs.target = _as_rows(target, "the target")
-    if inputs.target.shape[0] != inputs.n_rows:
-        raise InvalidInputError(
-            f"Expected the target to have as many rows as the components ({inputs.n_rows}). "
-            f"Got {inputs.target.shape[0]}.")
-    return inputs
-
-
-def _read(inputs: _Inputs, start: int, stop: int, check: bool, chunk: int
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``start:stop`` of every component, (m, n_components, d), and of the target,
-    (m, D), as float64; with ``check``, refuse NaN and inf naming the input and the chunk."""
-    sources = [*inputs.components, inputs.target]
-    lazy = [i for i, a in enumerate(sources) if isinstance(a, da.Array)]
-    parts: list[Any] = [a[start:stop] for a in sources]
-    if lazy:
-        computed = dask.compute(*[parts[i] for i in lazy], scheduler="threads")
-        for i, value in zip(lazy, computed, strict=True):
-            parts[i] = value
-    names = [f"Component {n!r}" for n in inputs.names] + ["The target"]
-    for name, part in zip(names, parts, strict=True) if check else ():
-        bad = ~np.isfinite(part).all(axis=1)
-        if bad.any():
-            raise InvalidInputError(
-                f"{name} holds NaN or inf in chunk {chunk} (rows {start}-{stop - 1}), first at "
-                f"row {start + int(np.flatnonzero(bad)[0])}. Remove or repair those rows.")
-    block = np.empty((stop - start, len(inputs.components), inputs.width))
-    for i, part in enumerate(parts[:-1]):
-        block[:, i] = part
-    return block, np.asarray(parts[-1], dtype=np.float64)
-
-
-def _chunk_bounds(inputs: _Inputs, chunk_rows: int | None) -> list[tuple[int, int]]:
-    """The row chunks read at a time: ``chunk_rows``, else the row chunks of the first input
-    stored in chunks (a read then touches one chunk of each), at most ``_READ_BYTES``."""
-    if chunk_rows is None:
-        chunked = [a for a in [*inputs.components, inputs.target] if isinstance(a, da.Array)]
-        chunk_rows = int(chunked[0].chunks[0][0]) if chunked else DEFAULT_CHUNK_ROWS
-        row_bytes = 8 * (len(inputs.components) * inputs.width + inputs.target.shape[1])
-        chunk_rows = max(1, min(chunk_rows, _READ_BYTES // row_bytes))
-    n = inputs.n_rows
-    return [(start, min(start + chunk_rows, n)) for start in range(0, n, chunk_rows)]
 
 
 def _check_number(name: str, value: Any, minimum: float, strict: bool) -> None:
@@ -395,16 +283,16 @@ class CompAlign(BaseEstimator):
             other rows, or NaN or inf (naming the input and the chunk); all before training.
         """
         rng = self._check_params()
-        inputs = _resolve(components, target)
-        bounds = _chunk_bounds(inputs, self.chunk_rows)
+        inputs = resolve(components, target)
+        bounds = chunk_bounds(inputs, self.chunk_rows)
         for chunk, (start, stop) in enumerate(bounds):
-            _read(inputs, start, stop, check=True, chunk=chunk)
+            read_rows(inputs, start, stop, check=True, chunk=chunk)
         for name in ("maps_", "component_names_", "n_rows_", "history_", "alignment_"):
             self.__dict__.pop(name, None)  # an interrupted fit leaves no model behind
         n_maps = 1 if self.shared else len(inputs.names)
         maps = planted_orthogonal_maps(n_maps, inputs.target.shape[1], inputs.width, rng)
-        # small minibatch GEMMs gain nothing from BLAS threads, which only contend (several
-        # times slower on a busy machine); large ones (many wide components) keep them
+        # small minibatch GEMMs gain nothing from BLAS threads, which only contend; large ones
+        # (many wide components) keep them
         work = self.batch_rows * n_maps * inputs.width * inputs.target.shape[1]
         with threadpool_limits(limits=1 if work < _THREADED_WORK else None, user_api="blas"):
             history = self._train(inputs, bounds, maps, rng)
@@ -417,7 +305,7 @@ class CompAlign(BaseEstimator):
         self._input_paths = [str(p.resolve()) for p in inputs.paths]
         return self
 
-    def _train(self, inputs: _Inputs, bounds: list[tuple[int, int]], maps: np.ndarray,
+    def _train(self, inputs: Inputs, bounds: list[tuple[int, int]], maps: np.ndarray,
                rng: np.random.Generator) -> list[dict]:
         """Minibatch Adam over ``n_epochs`` passes; ``maps`` is updated in place."""
         penalty = 0.0 if self.shared else float(self.penalty)
@@ -430,7 +318,7 @@ class CompAlign(BaseEstimator):
                 total = 0.0
                 for chunk in rng.permutation(len(bounds)):
                     start, stop = bounds[chunk]
-                    block, target = _read(inputs, start, stop, check=False, chunk=int(chunk))
+                    block, target = read_rows(inputs, start, stop, check=False, chunk=int(chunk))
                     order = rng.permutation(stop - start)
                     for rows in np.array_split(order, -(-(stop - start) // self.batch_rows)):
                         loss, _, grad = alignment_objective(
@@ -489,20 +377,20 @@ class CompAlign(BaseEstimator):
         inputs = self._inputs(components, target)
         maps = self.maps_.astype(np.float64)
         total, n_valid = 0.0, 0
-        for chunk, (start, stop) in enumerate(_chunk_bounds(inputs, self.chunk_rows)):
-            block, rows = _read(inputs, start, stop, check=True, chunk=chunk)
+        for chunk, (start, stop) in enumerate(chunk_bounds(inputs, self.chunk_rows)):
+            block, rows = read_rows(inputs, start, stop, check=True, chunk=chunk)
             loss, _, _ = alignment_objective(maps, block, rows, 0.0)
             valid = int(np.count_nonzero(rows.any(axis=1)))
             total += (1.0 - loss) * valid
             n_valid += valid
         return total / max(1, n_valid)
 
-    def _inputs(self, components: Any, target: Any) -> _Inputs:
+    def _inputs(self, components: Any, target: Any) -> Inputs:
         """Checked inputs of :meth:`transform` (``target`` None: any fitted components) or
         :meth:`score` (every fitted component)."""
         known = self.component_names_
-        inputs = (_resolve_components(components, known) if target is None
-                  else _resolve(components, target, known))
+        inputs = (resolve_components(components, known) if target is None
+                  else resolve(components, target, known))
         unknown = [n for n in inputs.names if n not in known]
         if unknown:  # a store's components
             raise InvalidInputError(f"Components {unknown} were not fit; the model knows "

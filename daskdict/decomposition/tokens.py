@@ -60,10 +60,13 @@ def _names(components: Sequence[str] | None, available: list[str]) -> list[str]:
     return names
 
 
-def _n_tokens(config: Any) -> int:
-    """Tokens per image from the config: patches, CLS, distillation and register tokens."""
+def _n_tokens(config: Any, pixels_shape: tuple[int, ...]) -> int:
+    """Tokens per image of the processed pixels' shape (channels, height, width): patches,
+    CLS, distillation and register tokens (the processor's size, not the config's
+    ``image_size``, which DINOv2 declares larger than it crops)."""
     config = getattr(config, "vision_config", None) or config
-    patches = (int(config.image_size) // int(config.patch_size)) ** 2
+    patch = int(config.patch_size)
+    patches = (int(pixels_shape[-2]) // patch) * (int(pixels_shape[-1]) // patch)
     extra = 1 + (config.model_type == "deit") + int(getattr(config, "num_register_tokens", 0))
     return patches + extra
 
@@ -131,13 +134,14 @@ def token_contributions(items: Any, model: str | os.PathLike,
     names = _names(components, available)
     width = (tower.projection.out_features if tower.projection is not None
              else tower.final_norm.normalized_shape[0])
-    n_tokens = _n_tokens(transformers.AutoConfig.from_pretrained(str(model)))
-    _check_size(len(images), n_tokens, len(names), width)
     batch = prepare_images(images, processor, 0, len(images))
     if not batch.ok.all():
         first = int(np.flatnonzero(~batch.ok)[0])
         raise InvalidInputError(f"Item {str(images.ids[first])!r} cannot be read: "
                                 f"{batch.errors[first]}")
+    n_tokens = _n_tokens(transformers.AutoConfig.from_pretrained(str(model)),
+                         batch.inputs.shape)
+    _check_size(len(images), n_tokens, len(names), width)
     rows = [_contributions(tower, torch.from_numpy(pixels[None]).to(torch_device), n_layers,
                            available, names) for pixels in batch.inputs]
     return np.stack(rows)

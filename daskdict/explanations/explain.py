@@ -258,9 +258,9 @@ def explain(codes_or_model, store, method: str = "keywords", top_n: int = 5, *,
         How a concept's users are ranked: largest |coefficient|; largest share of the code,
         ``x_ij² / Σ_k x_ik²`` (ties by |coefficient|); or highest cosine of the embedding
         with the side's direction, ``±atom`` (|cosine| with ``signs="abs"``).
-    atoms : ndarray of shape (n_atoms, n_features), optional
-        For ``"cosine"`` with codes (a Dictionary brings its own); the store gives the
-        embeddings (its ``layer``).
+    atoms : ndarray of shape (n_atoms, n_features) or Dictionary, optional
+        For ``"cosine"`` with codes (a Dictionary brings its own, and a centred one its mean,
+        subtracted from the embeddings); the store gives the embeddings (its ``layer``).
     **options
         keywords: ``prior_weight`` (1.0), ``min_count`` (2), ``stop_words``,
         ``ngram_range`` ((1, 2)), ``batch_size`` (512 concepts).
@@ -368,7 +368,7 @@ def _cosine_inputs(representatives: str, model, store, atoms, layer
     if isinstance(model, Dictionary):
         if atoms is not None:
             raise InvalidInputError("A Dictionary brings its own atoms: leave out atoms=.")
-        atoms = model.atoms
+        atoms = model
     elif atoms is None:
         raise InvalidInputError(
             "representatives='cosine' needs the atoms: pass a Dictionary as codes_or_model, "
@@ -379,7 +379,9 @@ def _cosine_inputs(representatives: str, model, store, atoms, layer
             "EmbeddingStore) with the layer the codes were made from, not captions alone.")
     store = store if isinstance(store, EmbeddingStore) else open_store(store)
     embeddings = store.layer_array(layer)
-    atoms = np.asarray(atoms, dtype=np.float64)
+    centred_by = atoms if isinstance(atoms, Dictionary) and atoms.mean is not None else None
+    atoms = np.asarray(atoms.atoms if isinstance(atoms, Dictionary) else atoms,
+                       dtype=np.float64)
     n_atoms = model.n_atoms
     if atoms.ndim != 2 or atoms.shape != (n_atoms, embeddings.shape[1]):
         raise InvalidInputError(
@@ -390,9 +392,9 @@ def _cosine_inputs(representatives: str, model, store, atoms, layer
         raise InvalidInputError(f"Expected the store's layer {embeddings.basename!r} to hold "
                                 f"one row per coded item ({len(model)}). Got "
                                 f"{embeddings.shape[0]}.")
-    if isinstance(model, Dictionary) and model.mean is not None:
+    if centred_by is not None:
         # a centred dictionary's atoms describe the rows minus the training mean
-        embeddings = model.centered(da.from_array(embeddings))
+        embeddings = centred_by.centered(da.from_array(embeddings))
     return embeddings, atoms
 
 

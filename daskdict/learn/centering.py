@@ -25,13 +25,29 @@ class CenteredRows:
 
 
 def centered_rows(data: Any, reader: Any, rt: Runtime, dtype: str) -> tuple[Any, Any, np.ndarray]:
-    """The rows minus their mean (one pass to compute it): the dask array, the reader (a
-    centred copy for in-memory rows) and the mean, shape (n_features,), float64."""
+    """The rows minus their mean (one pass to compute it).
+
+    Parameters
+    ----------
+    data : dask array of shape (n_samples, n_features)
+    reader : ndarray, reader of row ranges, or None
+        What the fit's shares read (see :func:`daskdict.io.reads.open_rows`).
+    rt : Runtime
+    dtype : str
+        The fit's dtype.
+
+    Returns
+    -------
+    centred : dask array of shape (n_samples, n_features), in ``dtype``
+    reader : ndarray (a centred copy of in-memory rows), CenteredRows, or None
+    mean : ndarray of shape (n_features,), float64
+    """
     (mean,) = rt.compute(data.mean(axis=0, dtype=np.float64))
     mean = np.asarray(mean, dtype=np.float64)
     centred = (data - mean.astype(dtype)).astype(dtype)
     if isinstance(reader, np.ndarray):
-        reader = (reader - mean).astype(dtype)
+        # the same rounding as the graph's and the shares' rows, and no float64 copy
+        reader = np.subtract(reader, mean.astype(dtype), dtype=dtype)
     elif reader is not None:
         reader = CenteredRows(reader, mean, dtype)
     return centred, reader, mean

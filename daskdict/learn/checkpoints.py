@@ -72,13 +72,23 @@ _IMPLIED_PARAMS = {"positive": False, "center": False, "correlation_dtype": "flo
 _DESCRIPTIVE_PARAMS = ("n_iter", "correlations")
 
 
+def _auto(params: dict) -> bool:
+    """Whether the fit asked for ``correlation_dtype="auto"`` (its reason says so)."""
+    return "(auto" in str(params.get("correlations", ""))
+
+
 def check_resumable(state: dict, path: Path, params: dict, seed: int,
                     seed_given: bool) -> None:
     """Refuse a checkpoint written by another fit (other parameters or random seed, or more
     iterations than asked for); ``n_iter`` may grow, so a finished fit can be continued."""
+    ignored = _DESCRIPTIVE_PARAMS
+    if _auto(state["params"]) and _auto(params):
+        # "auto" may resolve otherwise on the node that resumes: both precisions give the
+        # codes of float32 up to rounding, so the fit goes on with what this node has
+        ignored = (*ignored, "correlation_dtype")
     saved = {k: v for k, v in {**_IMPLIED_PARAMS, **state["params"]}.items()
-             if k not in _DESCRIPTIVE_PARAMS}
-    wanted = {k: v for k, v in jsonable(params).items() if k not in _DESCRIPTIVE_PARAMS}
+             if k not in ignored}
+    wanted = {k: v for k, v in jsonable(params).items() if k not in ignored}
     problem = None
     if saved != wanted:
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])

@@ -214,13 +214,13 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
             rows = padded
         corr = buffer[:rows.shape[0]]
         batch = y[start:stop]
+        sqnorms = np.einsum("ij,ij->i", batch, batch)
         if coder in reduced.CODERS:
             reduced.correlations(rows, atoms, corr)
             indices[start:stop], values[start:stop] = CODERS[coder](
-                corr[:stop - start], gram, batch, atoms, n_nonzero, tol, bounds)
+                corr[:stop - start], gram, sqnorms, batch, atoms, n_nonzero, tol, bounds)
             continue
         np.matmul(rows, atoms.T, out=corr)
-        sqnorms = np.einsum("ij,ij->i", batch, batch)
         indices[start:stop], values[start:stop] = CODERS[coder](
             corr[:stop - start], gram, sqnorms, n_nonzero, tol)
     return indices, values

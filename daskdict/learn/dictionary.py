@@ -349,7 +349,16 @@ class Dictionary:
 
     def centered(self, data: Any) -> Any:
         """``data`` minus the training mean for a dictionary fitted with ``center=True``
-        (lazily for a dask array); ``data`` itself otherwise."""
+        (lazily for a dask array); ``data`` itself otherwise.
+
+        Parameters
+        ----------
+        data : ndarray or dask array of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_features)
+        """
         return data if self.mean is None else data - self.mean
 
     def _code_graph(self, data: da.Array, rt: Any, n_nonzeros: list[int], tol: float,

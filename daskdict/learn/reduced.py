@@ -345,15 +345,14 @@ def _signed_best(alpha, alpha0, y, atoms, fixed, n_fixed, margin):
 
 
 @numba.njit(cache=True, nogil=True)
-def _omp_row(alpha0, gram, y, atoms, n_nonzero, tol_sq, margin, idx_out, val_out, alpha,
-             lower, z, proj, fixed, n_fixed, scratch):
+def _omp_row(alpha0, gram, y, y_sqnorm, atoms, n_nonzero, tol_sq, margin, idx_out, val_out,
+             alpha, lower, z, proj, fixed, n_fixed, scratch):
     """Batch-OMP for one row (see :func:`daskdict.learn.kernels._omp_row`) from approximate
     correlations ``alpha0``, which it makes exact where a choice or a coefficient needs them;
     ``margin`` is twice the row's error bound."""
     n_atoms = alpha0.shape[0]
     for j in range(n_atoms):
         alpha[j] = alpha0[j]
-    y_sqnorm = _exact(y, y)
     if y_sqnorm <= tol_sq or y_sqnorm == 0.0:
         return 0
     n_sel = 0
@@ -419,7 +418,7 @@ def _clear(fixed, n_fixed):
 
 
 @numba.njit(cache=True, nogil=True)
-def batch_omp(corr, gram, y, atoms, n_nonzero, tol, bounds):
+def batch_omp(corr, gram, y_sqnorms, y, atoms, n_nonzero, tol, bounds):
     """Batch-OMP over a block from approximate correlations (see the module docstring).
 
     Parameters
@@ -427,6 +426,8 @@ def batch_omp(corr, gram, y, atoms, n_nonzero, tol, bounds):
     corr : ndarray of shape (n_samples, n_atoms), float32
         Correlations ``Y D^T`` from bfloat16 inputs; the entries made exact are written back.
     gram : ndarray of shape (n_atoms, n_atoms)
+    y_sqnorms : ndarray of shape (n_samples,)
+        ``|y_i|^2`` as the float32 coder gets them, so that both stop at the same residual.
     y : ndarray of shape (n_samples, n_features)
     atoms : ndarray of shape (n_atoms, n_features)
     n_nonzero : int
@@ -451,11 +452,10 @@ def batch_omp(corr, gram, y, atoms, n_nonzero, tol, bounds):
     scratch = np.empty(1, dtype=np.uint32)
     row_bits = np.empty(y.shape[1], dtype=np.uint32)
     for i in range(n_samples):
-        y_norm = np.sqrt(_exact(y[i], y[i]))
         margin = _margin(y[i], bounds, row_bits)
-        tol_sq = tol * tol * y_norm * y_norm
-        n_sel = _omp_row(corr[i], gram, y[i], atoms, n_nonzero, tol_sq, margin, indices[i],
-                         val, alpha, lower, z, proj, fixed, n_fixed, scratch)
+        tol_sq = tol * tol * y_sqnorms[i]
+        n_sel = _omp_row(corr[i], gram, y[i], y_sqnorms[i], atoms, n_nonzero, tol_sq, margin,
+                         indices[i], val, alpha, lower, z, proj, fixed, n_fixed, scratch)
         _clear(fixed, n_fixed)
         for s in range(n_sel):
             values[i, s] = val[s]
@@ -489,13 +489,12 @@ def _positive_best(alpha, alpha0, y, atoms, fixed, n_fixed, margin, top, scratch
 
 
 @numba.njit(cache=True, nogil=True)
-def _nn_row(alpha0, gram, y, atoms_in, n_nonzero, tol_sq, margin, atoms, x, alpha, sub, lower,
-            work, pos, fixed, n_fixed, scratch):
+def _nn_row(alpha0, gram, y, y_sqnorm, atoms_in, n_nonzero, tol_sq, margin, atoms, x, alpha,
+            sub, lower, work, pos, fixed, n_fixed, scratch):
     """Non-negative OMP for one row (see :func:`daskdict.learn.nonnegative._nn_row`) from
     approximate correlations, settled as :func:`_omp_row` settles them."""
     for j in range(alpha0.shape[0]):
         alpha[j] = alpha0[j]
-    y_sqnorm = _exact(y, y)
     if y_sqnorm <= tol_sq or y_sqnorm == 0.0:
         return 0
     rhs, x_old, z = work[0], work[1], work[2]
@@ -533,7 +532,7 @@ def _nn_row(alpha0, gram, y, atoms_in, n_nonzero, tol_sq, margin, atoms, x, alph
 
 
 @numba.njit(cache=True, nogil=True)
-def nonnegative_omp(corr, gram, y, atoms, n_nonzero, tol, bounds):
+def nonnegative_omp(corr, gram, y_sqnorms, y, atoms, n_nonzero, tol, bounds):
     """Non-negative OMP (see :func:`daskdict.learn.nonnegative.nonnegative_omp`) from
     approximate correlations; same parameters and returns as :func:`batch_omp`."""
     n_samples, n_atoms = corr.shape
@@ -552,10 +551,10 @@ def nonnegative_omp(corr, gram, y, atoms, n_nonzero, tol, bounds):
     row_bits = np.empty(y.shape[1], dtype=np.uint32)
     scratch = np.empty(1, dtype=np.int32)
     for i in range(n_samples):
-        y_norm = np.sqrt(_exact(y[i], y[i]))
         margin = _margin(y[i], bounds, row_bits)
-        n = _nn_row(corr[i], gram, y[i], atoms, n_nonzero, tol * tol * y_norm * y_norm,
-                    margin, slots, x, alpha, sub, lower, work, pos, fixed, n_fixed, scratch)
+        n = _nn_row(corr[i], gram, y[i], y_sqnorms[i], atoms, n_nonzero,
+                    tol * tol * y_sqnorms[i], margin, slots, x, alpha, sub, lower, work, pos,
+                    fixed, n_fixed, scratch)
         _clear(fixed, n_fixed)
         s = 0
         for t in range(n):

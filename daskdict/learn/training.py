@@ -150,7 +150,10 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
         mean of a centred fit), and ``||V - X D||_F / ||V||_F`` (of the centred rows for a
         centred fit, like the training error) is recorded as ``validation_error``: one task
         per chunk of the rows, one more (short) pass per iteration. With levels, each level
-        codes what the levels before it leave of the rows.
+        codes what the levels before it leave of the rows. Without ``patience`` the
+        dictionary keeps the last atoms (``params["best_iteration"]`` still names the
+        iteration with the lowest validation error). Resuming a checkpoint assumes the same
+        validation rows (they are not part of its identity).
     patience : int, optional
         Needs ``validation``. Stop once the validation error has not decreased by more than a
         relative 1e-4 for ``patience`` iterations in a row; the last record then holds

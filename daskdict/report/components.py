@@ -224,8 +224,10 @@ def write_components_report(path: str | os.PathLike, scores: ComponentScores, *,
     path = check_report_output(path, inputs, overwrite)
     queries = _queries(feature_texts, text_encoder, scores, n_values)
     captions = None if store is None else store.captions
+    n_rows = None if aligned is None else next(iter(aligned.values())).shape[0]
     rows = _feature_rows(scores, aligned, queries, images, captions,
-                         min(k_components, len(scores.components)), n_items)
+                         min(k_components, len(scores.components)),
+                         n_items if n_rows is None else min(n_items, n_rows))
     document = _document(title, scores, rows, heatmaps)
     write_text(path, document)
     return path

@@ -115,11 +115,13 @@ def test_ablations_are_not_better(planted, fits):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_gradient_matches_finite_differences(shared):
+@pytest.mark.parametrize("widths", [(5, 4), (3, 4)])  # a narrower target: D < d
+def test_gradient_matches_finite_differences(shared, widths):
     rng = np.random.default_rng(0)
-    maps = rng.standard_normal((1 if shared else 3, 5, 4)) * 0.6
-    components = rng.standard_normal((7, 3, 4))
-    target = rng.standard_normal((7, 5))
+    target_width, width = widths
+    maps = rng.standard_normal((1 if shared else 3, target_width, width)) * 0.6
+    components = rng.standard_normal((7, 3, width))
+    target = rng.standard_normal((7, target_width))
     target[2] = 0.0  # a row that could not be embedded: left out of loss and gradient
     penalty = 0.7
 
@@ -386,3 +388,12 @@ def test_progress_bar(small, capsys):
     components, target, _ = small
     CompAlign(n_epochs=1, random_state=0).fit(components, target)
     assert "CompAlign" in capsys.readouterr().err
+
+
+def test_stores_of_other_items_are_refused(tmp_path, small):
+    components, target, _ = small
+    parts, _ = _stores(tmp_path, components, target, chunk_rows=1500)
+    shuffled = daskdict.create_store(tmp_path / "other.zarr", {"final": target},
+                                     ids=[f"item-{i}" for i in range(len(target))][::-1])
+    with pytest.raises(InvalidInputError, match="other items"):
+        _fast().fit(parts, shuffled)

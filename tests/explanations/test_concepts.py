@@ -137,6 +137,10 @@ def test_a_centred_dictionary_ranks_by_cosine_with_the_centred_rows(tmp_path):
         assert list(scores) == sorted(scores, reverse=True)
     # centred, item 2 (0.9, 0, 0.3) lies along x and leads side 0+; uncentred item 1 did
     assert table["0+"]["top_rows"] == [2, 1]
+    # codes with the dictionary as atoms= (as the command line passes it): the same ranking
+    codes = model.encode(embeddings)
+    with_atoms = explain(codes, store, min_count=1, representatives="cosine", atoms=model)
+    assert with_atoms["0+"]["top_rows"] == [2, 1]
 
 
 def test_entry_cosines_match_a_direct_formula(rng):

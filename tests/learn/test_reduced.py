@@ -260,3 +260,20 @@ def test_auto_fit_records_what_it_chose_and_why(small, monkeypatch):
     model = daskdict.fit(y, 48, 3, 1, correlation_dtype="auto", random_state=0, verbose=False)
     assert model.params["correlation_dtype"] == "float32"
     assert "no bfloat16 units" in model.params["correlations"]
+
+
+def test_an_auto_fit_resumes_on_a_node_without_bfloat16_units(small, monkeypatch, tmp_path):
+    y, _ = small
+    checkpoint = tmp_path / "state.zarr"
+    monkeypatch.setattr(fit_params, "cpu_flags", lambda: {"amx_bf16"})
+    first = daskdict.fit(y, 48, 3, 2, correlation_dtype="auto", random_state=0,
+                         checkpoint=checkpoint, verbose=False)
+    assert first.params["correlation_dtype"] == "bfloat16"
+    monkeypatch.setattr(fit_params, "cpu_flags", set)  # the batch job lands on another node
+    resumed = daskdict.fit(y, 48, 3, 3, correlation_dtype="auto", random_state=0,
+                           checkpoint=checkpoint, verbose=False)
+    assert resumed.history[:2] == first.history and len(resumed.history) == 3
+    assert resumed.params["correlation_dtype"] == "float32"
+    with pytest.raises(daskdict.CheckpointMismatchError, match="correlation_dtype"):
+        daskdict.fit(y, 48, 3, 4, correlation_dtype="bfloat16", random_state=0,
+                     checkpoint=checkpoint, verbose=False)
