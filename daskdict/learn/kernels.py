@@ -160,6 +160,34 @@ def _abs_argmax_numba(alpha):
 
 
 @numba.njit(cache=True, nogil=True)
+def cholesky_append(gram, proj, lower, z, alpha0_best, best, n_sel):
+    """Add atom ``best`` as row ``n_sel`` of the Cholesky factor ``lower`` of the chosen
+    atoms' Gram matrix, and its coefficient of ``L z = alpha0[chosen]`` to ``z``; return the
+    new diagonal entry, 0.0 (nothing written to ``z``) when ``best`` is linearly dependent on
+    the chosen atoms.
+
+    The new row ``w``, the solution of ``L w = G[chosen, best]``, is ``w_t = q_t . d_best =
+    u_t[best]``: read from the cached directions ``proj`` (shape (>= n_sel, n_atoms)), not
+    from scattered entries of the Gram matrix (one cache miss each);
+    ``pivot = G[best, best] - w.w``.
+    """
+    wsq = 0.0
+    for r in range(n_sel):
+        lower[n_sel, r] = proj[r, best]
+        wsq += lower[n_sel, r] * lower[n_sel, r]
+    pivot = gram[best, best] - wsq
+    if pivot <= _DEPENDENCE_EPS * gram[best, best]:
+        return 0.0
+    diag = np.sqrt(pivot)
+    lower[n_sel, n_sel] = diag
+    acc = np.float64(alpha0_best)
+    for c in range(n_sel):
+        acc -= lower[n_sel, c] * z[c]
+    z[n_sel] = acc / diag
+    return diag
+
+
+@numba.njit(cache=True, nogil=True)
 def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha, lower, z, proj):
     """Batch-OMP for one row; returns the number of atoms selected (outputs filled in place).
 
@@ -184,22 +212,9 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
     for _ in range(n_nonzero):
         if best_val <= 0.0:
             break
-        # new Cholesky row w, the solution of L w = G[chosen, best], is w_t = q_t . d_best =
-        # u_t[best]: read from the cached directions, not from scattered entries of the Gram
-        # matrix (one cache miss each). pivot = G[best, best] - w.w
-        wsq = 0.0
-        for r in range(n_sel):
-            lower[n_sel, r] = proj[r, best]
-            wsq += lower[n_sel, r] * lower[n_sel, r]
-        pivot = gram[best, best] - wsq
-        if pivot <= _DEPENDENCE_EPS * gram[best, best]:
+        diag = cholesky_append(gram, proj, lower, z, alpha0[best], best, n_sel)
+        if diag == 0.0:
             break  # linearly dependent on the chosen atoms
-        diag = np.sqrt(pivot)
-        lower[n_sel, n_sel] = diag
-        acc = np.float64(alpha0[best])
-        for c in range(n_sel):
-            acc -= lower[n_sel, c] * z[c]
-        z[n_sel] = acc / diag
         idx_out[n_sel] = best
         n_sel += 1
         residual_sq -= z[n_sel - 1] * z[n_sel - 1]

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from daskdict.errors import InvalidInputError
-from daskdict.learn.kernels import _DEPENDENCE_EPS, _abs_argmax, _new_direction
+from daskdict.learn.kernels import _DEPENDENCE_EPS, _abs_argmax, _new_direction, cholesky_append
 from daskdict.learn.nonnegative import (
     STEP_FACTOR,
     _add_slot,
@@ -361,19 +361,10 @@ def _omp_row(alpha0, gram, y, y_sqnorm, atoms, n_nonzero, tol_sq, margin, idx_ou
     for _ in range(n_nonzero):
         if best_val <= 0.0:
             break
-        wsq = 0.0
-        for r in range(n_sel):
-            lower[n_sel, r] = proj[r, best]
-            wsq += lower[n_sel, r] * lower[n_sel, r]
-        pivot = gram[best, best] - wsq
-        if pivot <= _DEPENDENCE_EPS * gram[best, best]:
+        # alpha0[best] is exact: the best was settled
+        diag = cholesky_append(gram, proj, lower, z, alpha0[best], best, n_sel)
+        if diag == 0.0:
             break
-        diag = np.sqrt(pivot)
-        lower[n_sel, n_sel] = diag
-        acc = np.float64(alpha0[best])  # exact: the best was settled
-        for c in range(n_sel):
-            acc -= lower[n_sel, c] * z[c]
-        z[n_sel] = acc / diag
         idx_out[n_sel] = best
         n_sel += 1
         residual_sq -= z[n_sel - 1] * z[n_sel - 1]
