@@ -160,6 +160,17 @@ def _abs_argmax_numba(alpha):
 
 
 @numba.njit(cache=True, nogil=True)
+def back_substitute(lower, z, out, n_sel):
+    """The coefficients ``gamma = L^{-T} z`` of the ``n_sel`` chosen atoms into ``out``
+    (``lower``: the Cholesky factor of their Gram matrix, ``L z = alpha0[chosen]``)."""
+    for r in range(n_sel - 1, -1, -1):
+        acc = z[r]
+        for c in range(r + 1, n_sel):
+            acc -= lower[c, r] * out[c]
+        out[r] = acc / lower[r, r]
+
+
+@numba.njit(cache=True, nogil=True)
 def cholesky_append(gram, proj, lower, z, alpha0_best, best, n_sel):
     """Add atom ``best`` as row ``n_sel`` of the Cholesky factor ``lower`` of the chosen
     atoms' Gram matrix, and its coefficient of ``L z = alpha0[chosen]`` to ``z``; return the
@@ -230,12 +241,7 @@ def _omp_row(alpha0, gram, y_sqnorm, n_nonzero, tol_sq, idx_out, val_out, alpha,
             best, best_val = _abs_argmax(alpha)
         else:
             best_val = abs(alpha[best])
-    # coefficients gamma = L^{-T} z
-    for r in range(n_sel - 1, -1, -1):
-        acc = z[r]
-        for c in range(r + 1, n_sel):
-            acc -= lower[c, r] * val_out[c]
-        val_out[r] = acc / lower[r, r]
+    back_substitute(lower, z, val_out, n_sel)
     return n_sel
 
 

@@ -32,7 +32,13 @@ import numba
 import numpy as np
 
 from daskdict.errors import InvalidInputError
-from daskdict.learn.kernels import _DEPENDENCE_EPS, _abs_argmax, _new_direction, cholesky_append
+from daskdict.learn.kernels import (
+    _DEPENDENCE_EPS,
+    _abs_argmax,
+    _new_direction,
+    back_substitute,
+    cholesky_append,
+)
 from daskdict.learn.nonnegative import (
     STEP_FACTOR,
     _add_slot,
@@ -393,11 +399,7 @@ def _omp_row(alpha0, gram, y, y_sqnorm, atoms, n_nonzero, tol_sq, margin, idx_ou
             for t in range(n_sel):
                 alpha[idx_out[t]] = 0.0
             best, best_val = _best_fixed(alpha, n_fixed, True)
-    for r in range(n_sel - 1, -1, -1):
-        acc = z[r]
-        for c in range(r + 1, n_sel):
-            acc -= lower[c, r] * val_out[c]
-        val_out[r] = acc / lower[r, r]
+    back_substitute(lower, z, val_out, n_sel)
     return n_sel
 
 
