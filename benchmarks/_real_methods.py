@@ -107,7 +107,7 @@ def representatives(csr, test, atoms, n_top: int, rule: str = "coefficient",
 
 def fit_daskdict(train, test, n_atoms, seed, settings, positive=False, rule="coefficient",
                  signs="abs", center=False) -> Fitted:
-    """daskdict's default fit (approximate K-SVD, OMP) and its held-out codes; the
+    """daskdict's default fit (its default update, OMP codes) and its held-out codes; the
     representative items by ``rule`` and ``signs`` (see :func:`representatives`)."""
     start = time.perf_counter()
     model = daskdict.fit(train, n_atoms=n_atoms, n_nonzero=settings["n_nonzero"],

@@ -96,7 +96,7 @@ def fit(args: Namespace) -> int:
                              layer=args.layer, coder=args.coder, positive=args.positive,
                              center=args.center, update=args.update, tol=args.tol,
                              correlation_dtype=args.correlation_dtype,
-                             random_state=args.seed, checkpoint=args.checkpoint,
+                             device=args.device, random_state=args.seed, checkpoint=args.checkpoint,
                              dtype=args.dtype, validation=args.validation,
                              patience=args.patience, client=client, verbose=not args.quiet)
     model.save(out, overwrite=args.force)
@@ -319,6 +319,7 @@ def embed(args: Namespace) -> int:
                                tokens=args.tokens,
                                batch_size=args.batch_size, device=args.device,
                                resume=not args.force, precision=args.precision,
+                               store_dtype=args.store_dtype,
                                chunk_rows=args.chunk_rows, num_workers=args.workers,
                                verbose=not args.quiet)
     except ImportError as exc:  # the optional dependencies are missing
@@ -355,7 +356,7 @@ def plan(args: Namespace) -> int:
                            n_nonzero=args.nonzero, n_workers=args.workers,
                            threads_per_worker=args.threads, n_features=args.features,
                            layer=args.layer, calibration_rows=args.calibration_rows,
-                           client=_client(args), verbose=not args.quiet)
+                           update=args.update, client=_client(args), verbose=not args.quiet)
     if out is not None:
         result.save(out, overwrite=args.force)
     print(result.summary(), file=sys.stderr)

@@ -69,11 +69,16 @@ def _add_fit(verbs: argparse._SubParsersAction) -> None:
                    default="float32", help="precision of the correlations that choose each "
                    "code's atoms: bfloat16 uses the CPU's matrix units through PyTorch, every "
                    "choice settled in float32 (default float32)")
+    p.add_argument("--device", default="cpu",
+                   help="where rows are coded: cpu (numba), or cuda / cuda:N (PyTorch, one "
+                   "worker process per GPU) (default cpu)")
     p.add_argument("--center", action="store_true",
                    help="fit the rows minus their mean (kept in the dictionary; encode "
                    "subtracts it)")
-    p.add_argument("--update", choices=("approx", "ksvd"), default="approx",
-                   help="atom update: one power step, or the exact K-SVD (default approx)")
+    p.add_argument("--update", choices=("auto", "mod", "approx", "ksvd"), default="auto",
+                   help="atom update: least squares over all atoms (mod), one power step per "
+                        "atom (approx) or the exact K-SVD; auto is mod up to 4,096 atoms "
+                        "(default auto)")
     p.add_argument("--tol", type=float, default=0.0,
                    help="relative residual at which coding a sample stops (default 0)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -104,6 +109,10 @@ def _add_plan(verbs: argparse._SubParsersAction) -> None:
     _layer(p)
     p.add_argument("--calibration-rows", type=int, default=8192,
                    help="rows coded by the calibration (default 8192)")
+    p.add_argument("--update", choices=("auto", "mod", "approx"), default="auto",
+                   help="the fit's atom update: least squares over all atoms (mod, whose code "
+                        "Gram matrix is calibrated too) or one power step per atom (approx); "
+                        "auto is mod up to 4,096 atoms, as for fit (default auto)")
     _out(p, "write the plan as JSON to this file")
     _common(p)
     p.set_defaults(func=commands.plan)
@@ -232,7 +241,11 @@ def _add_embed(verbs: argparse._SubParsersAction) -> None:
                    help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"),
-                   default="auto", help="auto: float16 on CUDA, float32 elsewhere")
+                   default="auto", help="of the forward pass; auto: float16 on CUDA, float32 "
+                   "elsewhere")
+    p.add_argument("--store-dtype", choices=("float32", "float16"), default="float32",
+                   help="of the stored layers: float16 halves the store and fit's reads "
+                   "(values beyond +-65504 are refused) (default float32)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per store chunk (default: 32 MiB of rows, at most 4096)")
     p.add_argument("--workers", type=int, default=None,

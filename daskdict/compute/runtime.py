@@ -17,12 +17,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from daskdict.io.resources import n_cores
 
 # Names of the schedulers that run in this process, without a cluster.
 IN_PROCESS = ("threads", "sync")
+
+
+_CONTROLLER: list[ThreadpoolController] = []
+
+
+def blas_controller() -> ThreadpoolController:
+    """This process's thread-pool controller, made once: finding the loaded libraries reads
+    the process's memory map, which would cost each small iteration of a fit more than its
+    own update."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def release_memory() -> None:
@@ -75,7 +87,7 @@ class Runtime:
         # Single-threaded BLAS in every task, as in a cluster's workers: OpenBLAS's products
         # differ in the last bits between thread counts, and a fit resumed under another
         # scheduler must end with the same atoms. The threads scheduler runs one task per core.
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_controller().limit(limits=1, user_api="blas"):
             if self.scheduler == "threads" and n_cores() > 1:
                 return dask.compute(*values, scheduler="threads", num_workers=n_cores())
             return dask.compute(*values, scheduler="sync")

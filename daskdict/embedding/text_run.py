@@ -65,12 +65,13 @@ def embed_texts(texts: Any, store: str | os.PathLike, model: str | os.PathLike |
         As for :func:`daskdict.embed`.
     settings : dict
         The checked options of ``embed`` (``batch_size``, ``chunk_rows``, ``num_workers``,
-        ``resume``, ``verbose``, ``precision``).
+        ``resume``, ``verbose``, ``precision``, ``store_dtype``).
 
     Returns
     -------
     EmbeddingStore
-        Rows of shape (n_texts, width) per layer, or (n_tokens, width) with ``tokens``.
+        Rows of shape (n_texts, width) per layer, or (n_tokens, width) with ``tokens``, in
+        ``settings["store_dtype"]``.
     """
     if pooling is not None:
         check_choice("pooling", pooling, POOLINGS)
@@ -100,7 +101,8 @@ def _header(model, encoder: TextEncoder, rows: ImageItems, widths: dict[str, int
             "final": None if tokens else encoder.describe_final(),
             "pooling": pooling, "tokens": tokens, "max_seq_length": encoder.max_length,
             "layer_widths": widths, "precision": settings["precision"],
-            "chunk_rows": rows_per_chunk, "items": rows.fingerprint(), "source": rows.root,
+            "store_dtype": settings["store_dtype"], "chunk_rows": rows_per_chunk,
+            "items": rows.fingerprint(), "source": rows.root,
             "rows_done": 0, "complete": False, "n_failed": None,
             "versions": {"daskdict": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__},

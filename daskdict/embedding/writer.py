@@ -4,6 +4,11 @@ The store is created empty (every array, the item ids, captions and the header) 
 place at once; then a writer thread fills it chunk by chunk and, after every array of a chunk is
 written, advances the committed-row counter ``embed.rows_done`` of the header. A later
 ``embed`` of the same run resumes from that counter.
+
+The layers are written in the header's ``embed.store_dtype`` (float32, or float16 for half the
+disk and reads; see :data:`daskdict.io.formats.LAYER_DTYPES`). A chunk holding a finite value
+that the layer's dtype cannot hold (beyond +-65504 for float16) is refused before any of its
+arrays is written: stored, it would be inf.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from daskdict.embedding.items import ImageItems
-from daskdict.errors import CheckpointMismatchError, OutputNotWritableError
+from daskdict.errors import CheckpointMismatchError, InvalidInputError, OutputNotWritableError
 from daskdict.io import formats
 from daskdict.io.atomic import atomic_group, recover_replaced
 from daskdict.io.store import KIND, write_store_header, write_vector
+
+# what a store written before the header named its dtype holds
+DEFAULT_STORE_DTYPE = "float32"
 
 
 def embed_meta(store_meta: dict) -> dict:
@@ -72,6 +80,11 @@ def _open_for_resume(path: Path, wanted: dict, chunk_rows: int | None) -> zarr.G
     if saved.get("precision") != wanted["precision"]:
         problems.append(f"precision {saved.get('precision')}, not {wanted['precision']} "
                         "(pass precision= explicitly)")
+    saved_dtype = saved.get("store_dtype", DEFAULT_STORE_DTYPE)
+    wanted_dtype = wanted.get("store_dtype", DEFAULT_STORE_DTYPE)
+    if saved_dtype != wanted_dtype:
+        problems.append(f"store_dtype {saved_dtype!r}, not {wanted_dtype!r} (pass "
+                        f"store_dtype={saved_dtype!r} to continue it)")
     if saved.get("items") != wanted["items"]:
         noun = "texts" if wanted.get("input") == "texts" else "images"
         problems.append(f"other {noun} or captions ({saved.get('items', {}).get('n_items')} "
@@ -93,9 +106,10 @@ def _create(path: Path, items: ImageItems, fields: dict, widths: dict[str, int],
     """Write the empty store (arrays, ids, captions, more item vectors, header) and swap it
     into place."""
     n_items = len(items)
+    dtype = np.dtype(fields["embed"].get("store_dtype", DEFAULT_STORE_DTYPE))
     with atomic_group(path) as group:
         for name, width in widths.items():
-            group.create_array(f"layers/{name}", shape=(n_items, width), dtype=np.float32,
+            group.create_array(f"layers/{name}", shape=(n_items, width), dtype=dtype,
                                chunks=(chunk_rows, width), compressors=[Crc32cCodec()],
                                config={"write_empty_chunks": True})
         write_vector(group, "items/id", np.asarray(items.ids))
@@ -124,9 +138,10 @@ def store_for_run(path: Path, items: ImageItems, fields: dict, widths: dict[str,
     """The store this run writes: its own unfinished store resumed, or a new one.
 
     ``path`` has passed :func:`check_embed_output`: it is missing or a store written by
-    ``embed``. ``fields`` are the header fields of a new store (``embed`` among them);
-    ``extra_vectors`` more item vectors of shape (n_items,) to write into a new store (e.g.
-    ``items/item`` and ``items/position`` of token rows).
+    ``embed``. ``fields`` are the header fields of a new store (``embed`` among them; its
+    ``store_dtype``, default float32, is the layers' dtype); ``extra_vectors`` more item
+    vectors of shape (n_items,) to write into a new store (e.g. ``items/item`` and
+    ``items/position`` of token rows).
 
     Raises
     ------
@@ -165,9 +180,13 @@ class ChunkWriter:
         self._pending = self._pool.submit(self._write, start, stop, rows, errors, captions)
 
     def _write(self, start, stop, rows, errors, captions) -> None:
+        # every layer is checked before any is written, so that a refused chunk leaves none
+        blocks = {}
         for name, array in self._arrays.items():
             first, last = self._columns[name]
-            array[start:stop] = rows[:, first:last]
+            blocks[name] = stored_as(rows[:, first:last], array.dtype, name, start)
+        for name, array in self._arrays.items():
+            array[start:stop] = blocks[name]
         self._errors[start:stop] = np.asarray(errors, dtype=str)
         if self._captions is not None:
             self._captions[start:stop] = np.asarray([c or "" for c in captions], dtype=str)
@@ -184,3 +203,41 @@ class ChunkWriter:
     def close(self) -> None:
         """Stop the writer thread (after the chunk in flight)."""
         self._pool.shutdown(wait=True)
+
+
+def stored_as(block: np.ndarray, dtype: np.dtype, layer: str, start: int) -> np.ndarray:
+    """``block`` in the layer's ``dtype``; refused if a finite value would become inf.
+
+    Parameters
+    ----------
+    block : ndarray of shape (n_rows, width)
+        Rows ``start:start + n_rows`` of ``layer``, as the model computed them (float32).
+    dtype : numpy dtype
+        The layer's stored dtype.
+    layer : str
+        Names the layer in the error.
+    start : int
+        The store row of ``block``'s first row (named in the error).
+
+    Returns
+    -------
+    ndarray of shape (n_rows, width) and dtype ``dtype``
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the layer, the rows and the largest magnitude, if it exceeds ``dtype``'s range.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == block.dtype:
+        return block
+    limit = float(np.finfo(dtype).max)
+    magnitudes = np.abs(block)
+    largest = float(np.max(magnitudes, initial=0.0, where=np.isfinite(magnitudes)))
+    if largest > limit:
+        raise InvalidInputError(
+            f"Layer {layer!r} holds a value of magnitude {largest:.6g} in rows "
+            f"{start}-{start + len(block) - 1}, beyond the range of {dtype.name} (+-{limit:g}): "
+            f"stored as {dtype.name} it would be inf. Embed with store_dtype='float32' "
+            "(resume=False replaces this unfinished store).")
+    return block.astype(dtype)

@@ -5,7 +5,7 @@ An embedding store is a Zarr v3 group::
     embeddings.zarr/
       zarr.json            attrs: {"daskdict": {"format": 1, "kind": "embedding store",
                                                 "model": ..., "n_items": N, "layers": [...]}}
-      layers/<name>        float32 (N, d_layer), chunked by rows
+      layers/<name>        float32 or float16 (N, d_layer), chunked by rows
       items/id             (N,) string or int64
       items/caption        (N,) string (optional)
       items/error          (N,) string (optional; written by ``embed``: why an item could not

@@ -68,8 +68,10 @@ def load_checkpoint(path: Path) -> dict | None:
 _IMPLIED_PARAMS = {"positive": False, "center": False, "correlation_dtype": "float32"}
 
 # Parameters that describe a choice rather than make it (why the correlations have their
-# precision: the torch version in it may change between a fit and its resumption).
-_DESCRIPTIVE_PARAMS = ("n_iter", "correlations")
+# precision: the torch version in it may change between a fit and its resumption), or that
+# give the same codes within float32 rounding (the device: a fit started on a GPU node may
+# go on on a CPU one).
+_DESCRIPTIVE_PARAMS = ("n_iter", "correlations", "update_choice", "device")
 
 
 def _auto(params: dict) -> bool:

@@ -167,9 +167,26 @@ def correlation_buffer(atoms: np.ndarray, dtype: Any, n_rows: int | None = None)
     return np.empty((n_rows, atoms.shape[0]), dtype=np.result_type(dtype, atoms))
 
 
+def batches(n_rows: int, offset: int | None = None) -> list[tuple[int, int, int]]:
+    """The batches a block of ``n_rows`` rows is coded in: ``(start, stop, at)``, rows
+    ``start:stop`` placed from row ``at`` of a GEMM.
+
+    Without ``offset``, batches of CODE_ROWS rows from the block's start (``at`` = 0); with
+    it, batches cut where the data's index ``offset + i`` is a multiple of CODE_ROWS, so that
+    row i sits at ``(offset + i) % CODE_ROWS`` (see :func:`code_block`).
+    """
+    if offset is None:
+        return [(start, min(start + CODE_ROWS, n_rows), 0)
+                for start in range(0, n_rows, CODE_ROWS)]
+    at = offset % CODE_ROWS
+    first = min(n_rows, CODE_ROWS - at)
+    return [(0, first, at)] + [(start, min(start + CODE_ROWS, n_rows), 0)
+                               for start in range(first, n_rows, CODE_ROWS)]
+
+
 def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: int, tol: float,
-               coder: str, buffer: np.ndarray | None = None, exact: bool = False
-               ) -> tuple[np.ndarray, np.ndarray]:
+               coder: str, buffer: np.ndarray | None = None, exact: bool = False,
+               offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Sparse codes of a block: correlations by GEMM, then the numba coder, batch by batch.
 
     Parameters
@@ -181,16 +198,23 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
     tol : float
     coder : {"omp", "mp", "omp-positive", "omp-bf16", "omp-positive-bf16"}
         A key of :data:`CODERS`; a ``-bf16`` coder computes the correlations from bfloat16
-        inputs (needs torch) and settles every choice at float32 precision.
+        inputs (needs torch) and settles every choice at float32 precision. ``"omp@cuda"``
+        (or ``"omp-positive@cuda:1"``, ...) codes on that PyTorch device instead (see
+        :mod:`daskdict.learn.device_coder`).
     buffer : ndarray of shape (CODE_ROWS, n_atoms), optional
         Where the correlations of a batch go (a task coding many blocks passes its own,
         instead of faulting in a new one each time).
     exact : bool, default=False
-        Pad the last batch with zero rows to CODE_ROWS rows, so that every GEMM has the same
-        shape: BLAS then takes the same path for every row, and a row's code is the same, bit
-        for bit, whatever rows share its block (a single row would otherwise go through a
-        matrix-vector product that sums in another order). The fit leaves it off: it codes
-        blocks of fixed rows, and the padding would cost up to one GEMM per block.
+        Code every row in a GEMM of CODE_ROWS rows, at the place ``(offset + i) % CODE_ROWS``
+        that its index in the data gives it (the block's first and last batches padded with
+        zero rows): BLAS then takes the same path for every row, and a row's code is the
+        same, bit for bit, however the data is cut into blocks. Both matter: a single row
+        would otherwise go through a matrix-vector product that sums in another order, and
+        some GEMM kernels (OpenBLAS's for AVX2, for one) sum a row in an order that depends
+        on its place in the matrix. The fit leaves it off: it codes blocks of fixed rows, and
+        the padding would cost up to two GEMMs per block.
+    offset : int, default=0
+        Index in the data of ``y``'s first row (for ``exact``).
 
     Returns
     -------
@@ -199,30 +223,33 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
     """
     n_rows = y.shape[0]
     atoms, gram = as_block(atoms), as_block(gram)
+    name, _, device = coder.partition("@")
+    if device:  # the device coder batches the rows itself
+        from daskdict.learn import device_coder
+
+        return device_coder.device_batch_omp(y, atoms, gram, n_nonzero, tol, device=device,
+                                             positive=name == "omp-positive")
     indices = np.empty((n_rows, n_nonzero), dtype=np.int32)
     if buffer is None:
         buffer = correlation_buffer(atoms, y.dtype, None if exact else n_rows)
     values = np.empty((n_rows, n_nonzero), dtype=buffer.dtype)
-    padded = None
     bounds = reduced.rounding(atoms) if coder in reduced.CODERS else None
-    for start in range(0, n_rows, CODE_ROWS):
-        stop = min(start + CODE_ROWS, n_rows)
-        rows = y[start:stop]
-        if exact and stop - start < CODE_ROWS:
-            padded = np.zeros((CODE_ROWS, y.shape[1]), dtype=y.dtype)
-            padded[:stop - start] = rows
-            rows = padded
-        corr = buffer[:rows.shape[0]]
-        batch = y[start:stop]
+    for start, stop, at in batches(n_rows, offset if exact else None):
+        batch = rows = y[start:stop]
+        if exact and (at or stop - start < CODE_ROWS):
+            rows = np.zeros((CODE_ROWS, y.shape[1]), dtype=y.dtype)
+            rows[at:at + stop - start] = batch
+        product = buffer[:rows.shape[0]]
+        corr = product[at:at + stop - start]
         sqnorms = np.einsum("ij,ij->i", batch, batch)
         if coder in reduced.CODERS:
-            reduced.correlations(rows, atoms, corr)
+            reduced.correlations(rows, atoms, product)
             indices[start:stop], values[start:stop] = CODERS[coder](
-                corr[:stop - start], gram, sqnorms, batch, atoms, n_nonzero, tol, bounds)
+                corr, gram, sqnorms, batch, atoms, n_nonzero, tol, bounds)
             continue
-        np.matmul(rows, atoms.T, out=corr)
+        np.matmul(rows, atoms.T, out=product)
         indices[start:stop], values[start:stop] = CODERS[coder](
-            corr[:stop - start], gram, sqnorms, n_nonzero, tol)
+            corr, gram, sqnorms, n_nonzero, tol)
     return indices, values
 
 
@@ -239,7 +266,8 @@ def level_grams(atoms: np.ndarray, level_sizes: list[int]) -> list[np.ndarray]:
 
 def code_levels(y: np.ndarray, atoms: np.ndarray, grams: list[np.ndarray],
                 level_sizes: list[int], n_nonzeros: list[int], tol: float, coder: str,
-                exact: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                exact: bool = False, offset: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codes of a block over a dictionary with levels: each level codes what the coarser
     ones leave.
 
@@ -252,7 +280,7 @@ def code_levels(y: np.ndarray, atoms: np.ndarray, grams: list[np.ndarray],
         Each level's Gram matrix.
     level_sizes, n_nonzeros : lists of int
         Atoms and non-zeros per level.
-    tol, coder, exact :
+    tol, coder, exact, offset :
         As for :func:`code_block`, applied at each level.
 
     Returns
@@ -269,7 +297,7 @@ def code_levels(y: np.ndarray, atoms: np.ndarray, grams: list[np.ndarray],
                                                strict=True):
         level_atoms = as_block(atoms[start:stop])
         level_indices, level_values = code_block(residual, level_atoms, gram, n_nonzero, tol,
-                                                 coder, exact=exact)
+                                                 coder, exact=exact, offset=offset)
         residual -= kernels.codes_times_atoms(level_indices, level_values, level_atoms)
         indices.append(np.where(level_indices >= 0, level_indices + start, -1).astype(np.int32))
         values.append(level_values)
@@ -301,9 +329,18 @@ def code_and_summarise(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_non
 
 def block_statistics(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: int,
                      tol: float, coder: str, n_worst: int,
-                     buffer: np.ndarray | None = None) -> dict:
-    """The iteration statistics of a block (see :func:`code_and_summarise`)."""
-    return code_and_summarise(y, atoms, gram, n_nonzero, tol, coder, n_worst, buffer)[3]
+                     buffer: np.ndarray | None = None, keep_codes: bool = False) -> dict:
+    """The iteration statistics of a block (see :func:`code_and_summarise`).
+
+    With ``keep_codes``, the statistics also hold ``"codes"``: the block's ``(indices,
+    values)``, from which the code Gram matrix of the method of optimal directions is added up
+    in block order (see :func:`daskdict.learn.shares.accumulate`).
+    """
+    _, indices, values, stats = code_and_summarise(y, atoms, gram, n_nonzero, tol, coder,
+                                                   n_worst, buffer)
+    if keep_codes:
+        stats["codes"] = (indices, values)
+    return stats
 
 
 def _codes_arrays(codes: Any, values: Any, n_atoms: int | None

@@ -168,7 +168,8 @@ def encode_block(y: np.ndarray, offset: int, atoms: np.ndarray, grams: list[np.n
     """Validate and code one chunk of rows, level by level (see
     :func:`daskdict.learn.coding.code_levels`; a one-level dictionary is one level).
 
-    Each row is coded in a batch of fixed shape, so its code does not depend on the chunk.
+    Each row is coded in a batch of fixed shape, at the place its index gives it, so its code
+    does not depend on the chunk.
     Coding sums nothing across rows, so a row is refused only when its own squared norm
     (with a factor of 2 for rounding) would overflow the atoms' dtype.
     """
@@ -176,9 +177,10 @@ def encode_block(y: np.ndarray, offset: int, atoms: np.ndarray, grams: list[np.n
     coding.raise_for_report(coding.check_block(y, offset, limit), atoms.dtype)
     y = coding.as_block(y, atoms.dtype)
     if len(level_sizes) == 1:
-        return coding.code_block(y, atoms, grams[0], n_nonzeros[0], tol, coder, exact=True)
+        return coding.code_block(y, atoms, grams[0], n_nonzeros[0], tol, coder, exact=True,
+                                 offset=offset)
     return coding.code_levels(y, atoms, grams, level_sizes, n_nonzeros, tol, coder,
-                              exact=True)[:2]
+                              exact=True, offset=offset)[:2]
 
 
 class Dictionary:

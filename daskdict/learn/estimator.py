@@ -40,9 +40,10 @@ class KSVD(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_atoms=None, n_nonzero=10, n_iter=10, *, coder="omp", tol=0.0,
-                 update="approx", atom_batch_size=None, shuffle_atoms=True, replace_atoms=True,
+                 update="auto", atom_batch_size=None, shuffle_atoms=True, replace_atoms=True,
                  init="data", dtype="float32", positive=False, center=False,
-                 correlation_dtype="float32", random_state=None, client=None, verbose=False):
+                 correlation_dtype="float32", device="cpu", random_state=None, client=None,
+                 verbose=False):
         self.n_atoms = n_atoms
         self.n_nonzero = n_nonzero
         self.n_iter = n_iter
@@ -57,6 +58,7 @@ class KSVD(TransformerMixin, BaseEstimator):
         self.positive = positive
         self.center = center
         self.correlation_dtype = correlation_dtype
+        self.device = device
         self.random_state = random_state
         self.client = client
         self.verbose = verbose
@@ -72,7 +74,8 @@ class KSVD(TransformerMixin, BaseEstimator):
             update=self.update, atom_batch_size=self.atom_batch_size,
             shuffle_atoms=self.shuffle_atoms, replace_atoms=self.replace_atoms, init=self.init,
             dtype=self.dtype, positive=self.positive, center=self.center,
-            correlation_dtype=self.correlation_dtype, random_state=self.random_state,
+            correlation_dtype=self.correlation_dtype, device=self.device,
+            random_state=self.random_state,
             client=self._where(), verbose=self.verbose)
         self._set_dictionary(dictionary)
         return self

@@ -525,3 +525,32 @@ def codes_times_atoms(indices, values, atoms):
 
 
 CODERS = {"omp": batch_omp, "mp": matching_pursuit}
+
+
+@numba.njit(cache=True, nogil=True)
+def add_code_gram(code_gram, indices, values):
+    """Add a block's code Gram matrix ``X^T X`` to ``code_gram``, upper triangle only.
+
+    Parameters
+    ----------
+    code_gram : ndarray of shape (n_atoms, n_atoms), float64
+        Updated in place: entry ``(j, k)``, ``j <= k``, gains ``sum_i x_ij x_ik``; the lower
+        triangle is left as it is (the matrix is symmetric: half the scattered writes).
+    indices, values : ndarrays of shape (n_samples, n_nonzero)
+        Fixed-width codes (-1 / 0 padded).
+    """
+    n_samples, n_nonzero = indices.shape
+    for i in range(n_samples):
+        for s in range(n_nonzero):
+            a = indices[i, s]
+            if a < 0 or values[i, s] == 0.0:
+                continue
+            xa = np.float64(values[i, s])
+            for t in range(s, n_nonzero):
+                b = indices[i, t]
+                if b < 0:
+                    continue
+                if a <= b:
+                    code_gram[a, b] += xa * values[i, t]
+                else:
+                    code_gram[b, a] += xa * values[i, t]

@@ -100,19 +100,23 @@ def residual_rows(data: da.Array, reader: Any, models: list[Dictionary]) -> Any:
         rows = np.empty(data.shape, dtype=atoms.dtype)
         for start in range(0, data.shape[0], _MEMORY_ROWS):
             stop = min(start + _MEMORY_ROWS, data.shape[0])
-            rows[start:stop] = _residual_block(reader[start:stop], *arguments)
+            rows[start:stop] = _residual_block(reader[start:stop], *arguments, offset=start)
         return rows
     return data.map_blocks(_residual_block, *arguments, dtype=atoms.dtype)
 
 
 def _residual_block(y: np.ndarray, mean: np.ndarray | None, atoms: np.ndarray,
                     grams: list[np.ndarray], level_sizes: list[int], n_nonzeros: list[int],
-                    tol: float, coder: str) -> np.ndarray:
+                    tol: float, coder: str, offset: int | None = None,
+                    block_info: dict | None = None) -> np.ndarray:
     """One block's residual after the levels (see :func:`coding.code_levels`), of the rows
-    minus ``mean`` when the first level was centred."""
+    minus ``mean`` when the first level was centred; ``offset`` (or, in a dask array's
+    ``map_blocks``, its ``block_info``) is the index of the block's first row."""
+    if offset is None:
+        offset = block_info[0]["array-location"][0][0] if block_info else 0
     y = coding.as_block(y if mean is None else np.asarray(y) - mean, atoms.dtype)
     return coding.code_levels(y, atoms, grams, level_sizes, n_nonzeros, tol, coder,
-                              exact=True)[2]
+                              exact=True, offset=offset)[2]
 
 
 def stack_levels(models: list[Dictionary], seed: int | None = None) -> Dictionary:

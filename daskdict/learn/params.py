@@ -21,7 +21,11 @@ from daskdict.learn import reduced
 from daskdict.validation import check_choice, check_positive_int
 
 CODER_NAMES = ("omp", "mp")
-UPDATES = ("approx", "ksvd")
+UPDATES = ("auto", "mod", "approx", "ksvd")
+# "auto" takes the method of optimal directions up to this many atoms: its code Gram matrix
+# (n_atoms^2 float64, 128 MiB at 4,096 atoms) is summed by every task beside the statistics of
+# the approximate update (n_atoms x n_features), and solved on the driver (n_atoms^3 / 3).
+MOD_MAX_ATOMS = 4096
 INITS = ("data", "kmeans++", "random")
 DTYPES = ("float32", "float64")
 # the precision of the correlations Y_b D^T that choose each code's atoms ("auto" is resolved
@@ -38,7 +42,7 @@ class FitParams:
     n_iter: int
     coder: str = "omp"
     tol: float = 0.0
-    update: str = "approx"
+    update: str = "mod"
     atom_batch_size: int | None = None
     shuffle_atoms: bool = True
     replace_atoms: bool = True
@@ -49,6 +53,10 @@ class FitParams:
     correlation_dtype: str = "float32"
     # why: "bfloat16 (auto: amx_bf16, torch 2.13)"; describes the choice, does not make it
     correlations: str = "float32"
+    # why: "mod (auto: 128 atoms <= 4096)"; describes the choice, does not make it
+    update_choice: str = ""
+    # "cpu": the numba coders; "cuda" or "cuda:N": the device coder (PyTorch)
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         """The parameters as a JSON-ready dict."""
@@ -57,16 +65,41 @@ class FitParams:
     @property
     def coder_key(self) -> str:
         """The coder's key in :data:`daskdict.learn.coding.CODERS` (with its sign rule)."""
-        return coder_key(self.coder, self.positive, self.correlation_dtype)
+        return coder_key(self.coder, self.positive, self.correlation_dtype, self.device)
 
 
-def coder_key(coder: str, positive: bool, correlation_dtype: str = "float32") -> str:
+def coder_key(coder: str, positive: bool, correlation_dtype: str = "float32",
+              device: str = "cpu") -> str:
     """The key of ``coder`` in :data:`daskdict.learn.coding.CODERS`: ``"omp"``,
     ``"omp-positive"`` (non-negative codes), each with ``"-bf16"`` for correlations from
     bfloat16 inputs (``correlation_dtype="bfloat16"``, resolved: see
-    :func:`check_correlation_dtype`)."""
+    :func:`check_correlation_dtype`); with ``"@<device>"`` after it for the device coder
+    (``"omp@cuda"``, see :func:`check_device`)."""
     key = f"{coder}-positive" if positive else coder
-    return key + reduced.SUFFIX if correlation_dtype == "bfloat16" else key
+    key = key + reduced.SUFFIX if correlation_dtype == "bfloat16" else key
+    return key if device == "cpu" else f"{key}@{device}"
+
+
+def check_device(device: Any, coder: str, dtype: str, correlation_dtype: str) -> str:
+    """``device`` checked for a fit: ``"cpu"`` (the numba coders) or a CUDA device that
+    PyTorch sees (the device coder: Batch-OMP, float32, float32 correlations)."""
+    if not isinstance(device, str):
+        raise InvalidInputError(f"Expected device 'cpu', 'cuda' or 'cuda:N'. Got {device!r:.100}.")
+    if device == "cpu":
+        return device
+    from daskdict.learn import device_coder
+
+    for wrong, why in ((coder != "omp", f"coder={coder!r}; use coder='omp'"),
+                       (dtype != "float32", f"dtype={dtype!r}; use dtype='float32'"),
+                       (correlation_dtype != "float32",
+                        f"correlation_dtype={correlation_dtype!r}; use 'float32'")):
+        if wrong:
+            raise InvalidInputError(f"device={device!r} runs Batch-OMP in float32, not {why}.")
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise InvalidInputError(
+            f"Expected device 'cpu' (the numba coders), 'cuda' or 'cuda:N'. Got {device!r}.")
+    device_coder.resolve_device(device, device_coder.require_torch())  # refused if not here
+    return device
 
 
 def check_correlation_dtype(correlation_dtype: Any, coder: str, dtype: str
@@ -148,7 +181,11 @@ def resolve_correlations(correlation_dtype: str, coder: str = "omp", dtype: str 
     if forced:
         if why is not None:
             raise InvalidInputError(f"correlation_dtype='bfloat16' cannot be used: {why}.")
-        return "bfloat16", f"bfloat16 (forced, torch {version})"
+        plain = "" if reduced.rounds_inputs() else "; torch computes them in float32 here"
+        return "bfloat16", f"bfloat16 (forced, torch {version}{plain})"
+    if why is None and not reduced.rounds_inputs():
+        why = (f"torch {version} computes float32 products in float32 on this CPU, not from "
+               "bfloat16 inputs")
     if why is not None:
         return "float32", f"float32 (auto: {why.partition(';')[0]})"
     return "bfloat16", f"bfloat16 (auto: {', '.join(units)}, torch {version})"
@@ -162,9 +199,10 @@ def check_positive(positive: Any, coder: str, update: str) -> bool:
     if positive and coder != "omp":
         raise InvalidInputError(f"positive=True needs coder='omp' (non-negative Batch-OMP); "
                                 f"got coder={coder!r}.")
-    if positive and update != "approx":
-        raise InvalidInputError("positive=True needs update='approx': the exact update's "
-                                "singular vectors can turn coefficients negative.")
+    if positive and update == "ksvd":
+        raise InvalidInputError("positive=True needs update='approx', 'mod' or 'auto': the "
+                                "exact update's singular vectors can turn coefficients "
+                                "negative.")
     return bool(positive)
 
 
@@ -212,7 +250,7 @@ def check_dtype(dtype: Any) -> str:
 def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
                     shuffle_atoms, replace_atoms, init, dtype, n_samples: int,
                     n_features: int, positive: bool = False, center: bool = False,
-                    correlation_dtype: str = "float32") -> FitParams:
+                    correlation_dtype: str = "float32", device: str = "cpu") -> FitParams:
     """Check every hyper-parameter against the data's shape; raise naming the problem.
 
     Parameters are those of :func:`daskdict.fit`; ``n_samples`` and ``n_features`` are the
@@ -237,6 +275,7 @@ def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_s
         )
     check_choice("coder", coder, CODER_NAMES)
     check_choice("update", update, UPDATES)
+    update, update_choice = resolve_update(update, n_atoms)
     tol = check_tol(tol)
     atom_batch_size = check_positive_int("atom_batch_size", atom_batch_size, optional=True)
     init_name = check_init(init, n_atoms, n_features)
@@ -245,9 +284,21 @@ def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_s
         raise InvalidInputError(f"Expected center to be True or False. Got {center!r:.100}.")
     dtype = check_dtype(dtype)
     correlation_dtype, why = check_correlation_dtype(correlation_dtype, coder, dtype)
+    device = check_device(device, coder, dtype, correlation_dtype)
     return FitParams(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
                      bool(shuffle_atoms), bool(replace_atoms), init_name, dtype,
-                     positive, bool(center), correlation_dtype, why)
+                     positive, bool(center), correlation_dtype, why, update_choice, device)
+
+
+def resolve_update(update: str, n_atoms: int) -> tuple[str, str]:
+    """The dictionary update a fit uses, and why: ``"auto"`` is the method of optimal
+    directions up to :data:`MOD_MAX_ATOMS` atoms, the approximate K-SVD update beyond."""
+    if update != "auto":
+        return update, update
+    if n_atoms <= MOD_MAX_ATOMS:
+        return "mod", f"mod (auto: {n_atoms} atoms <= {MOD_MAX_ATOMS})"
+    return "approx", (f"approx (auto: {n_atoms} atoms > {MOD_MAX_ATOMS}, a code Gram matrix "
+                      "too large to sum per task)")
 
 
 def base_seed(random_state: Any) -> int:

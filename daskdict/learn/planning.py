@@ -8,12 +8,20 @@ width):
 * ``t_gram``: the Gram matrix each worker process makes once per iteration (its threads share
   it);
 * ``t_row``: coding and summarising one row (correlation GEMM, Batch-OMP, the statistics,
-  and reading it), from the blocks a calibration task codes after its first (whose caches
-  are cold);
-* ``t_gather``: receiving one share's statistics (n_atoms x n_features float64) from another
+  for the method of optimal directions folding its code into the code Gram matrix, and
+  reading it), from the blocks a calibration task codes after its first (whose caches are
+  cold);
+* ``t_gather``: receiving one share's statistics (n_atoms x n_features float64, and for the
+  method of optimal directions the n_atoms x n_atoms float64 code Gram matrix) from another
   process;
 * ``t_merge``: adding one share's statistics to a merge (timed here);
-* ``t_driver``: the atom update and the replacements (timed here).
+* ``t_driver``: the atom update the fit will use (:func:`~daskdict.learn.updates.mod_update`
+  or :func:`~daskdict.learn.updates.approx_update`) and the replacements (timed here).
+
+The update is resolved as a fit resolves it (:func:`daskdict.learn.params.resolve_update`):
+``"auto"`` is the method of optimal directions up to
+:data:`~daskdict.learn.params.MOD_MAX_ATOMS` atoms, whose code Gram matrix every share sums,
+sends and merges beside the other statistics.
 
 A fit cuts the rows into one share per worker process, which the worker's T threads code
 together; the shares' statistics are merged on the workers by a tree of up to 8 at a time
@@ -28,9 +36,10 @@ share, the merges along the tree and the driver's work::
 where m is the number of inputs per merge at that level (min(8, inputs left)): one level of W
 inputs up to 8 workers, two up to 64, three up to 512.
 
-Memory does not grow with N: a worker holds the dictionary, its Gram matrix, the statistics,
-one chunk and the coder's buffers. The peak resident memory of the calibration tasks is
-measured, and an analytic account of the large arrays is given next to it.
+Memory does not grow with N: a worker holds the dictionary, its Gram matrix, the statistics
+(with the code Gram matrix for the method of optimal directions), one chunk and the coder's
+buffers. The peak resident memory of the calibration tasks is measured, and an analytic
+account of the large arrays is given next to it.
 """
 
 from __future__ import annotations
@@ -55,16 +64,24 @@ from daskdict.io import formats
 from daskdict.io.formats import check_output
 from daskdict.io.reads import open_rows
 from daskdict.learn.coding import CODE_ROWS
+from daskdict.learn.params import UPDATES, resolve_update
 from daskdict.learn.shares import (
     MERGE_EVERY,
     forget_worker_state,
     merge_statistics,
     share_statistics,
 )
-from daskdict.learn.updates import approx_update, n_candidates, replace_atoms
-from daskdict.validation import check_positive_int
+from daskdict.learn.updates import approx_update, mod_update, n_candidates, replace_atoms
+from daskdict.validation import check_choice, check_positive_int
 
 KIND = "plan"
+# The updates a plan models: those of one pass over the data (the exact K-SVD update holds all
+# the rows in one task, which no share model describes).
+PLAN_UPDATES = tuple(name for name in UPDATES if name != "ksvd")
+# What a plan records: the update once "auto" is resolved.
+RESOLVED_UPDATES = tuple(name for name in PLAN_UPDATES if name != "auto")
+# What a plan saved before plans recorded their update modelled.
+LEGACY_UPDATE = "approx"
 
 
 @dataclasses.dataclass
@@ -85,6 +102,9 @@ class Plan:
         The measured costs (seconds): ``t_gram``, ``t_row``, ``t_gather``,
         ``t_merge`` (merging one share's statistics) and ``t_driver`` (the driver's update),
         with ``rows``, ``threads`` (worker threads calibrated at once) and ``where``.
+    update : {"mod", "approx"}
+        The dictionary update modelled (``"auto"`` resolved as the fit resolves it); a plan
+        saved before plans recorded it modelled ``"approx"``.
     """
 
     n_samples: int
@@ -98,6 +118,7 @@ class Plan:
     memory_per_worker_bytes: int
     arrays_per_worker_bytes: dict
     calibration: dict
+    update: str = LEGACY_UPDATE
 
     def predict(self, n_samples: int | None = None, n_workers: int | None = None,
                 threads_per_worker: int | None = None) -> float:
@@ -139,19 +160,27 @@ class Plan:
                 f"Expected {str(path)!r} to hold a daskdict plan. Got {meta.get('kind')!r}.")
         formats.check_format(meta, path)
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in payload]
+        fields = dataclasses.fields(cls)
+        # fields with a default came after the first plans, which lack them
+        missing = [field.name for field in fields
+                   if field.name not in payload and field.default is dataclasses.MISSING]
         if missing:
             raise InvalidInputError(f"The plan {str(path)!r} lacks {', '.join(missing)}.")
-        return cls(**{name: payload[name] for name in names})
+        loaded = cls(**{field.name: payload[field.name] for field in fields
+                        if field.name in payload})
+        if loaded.update not in RESOLVED_UPDATES:
+            raise InvalidInputError(
+                f"The plan {str(path)!r} models the update {loaded.update!r}; expected one of "
+                f"{list(RESOLVED_UPDATES)}.")
+        return loaded
 
     def summary(self) -> str:
         hours = self.seconds_per_iteration / 3600
         return (f"N={self.n_samples:,} x d={self.n_features}, {self.n_atoms} atoms, "
-                f"{self.n_nonzero} non-zeros on {self.n_workers} worker(s) x "
-                f"{self.threads_per_worker} thread(s): {self.seconds_per_iteration:,.1f} s per "
-                f"iteration ({hours:.2f} h), {self.memory_per_worker_bytes / 2**30:.2f} GiB "
-                "per worker")
+                f"{self.n_nonzero} non-zeros, {self.update} update, on {self.n_workers} "
+                f"worker(s) x {self.threads_per_worker} thread(s): "
+                f"{self.seconds_per_iteration:,.1f} s per iteration ({hours:.2f} h), "
+                f"{self.memory_per_worker_bytes / 2**30:.2f} GiB per worker")
 
 
 def model_seconds(cal: dict, n_samples: int, n_workers: int, threads_per_worker: int) -> float:
@@ -169,15 +198,17 @@ def model_seconds(cal: dict, n_samples: int, n_workers: int, threads_per_worker:
 
 
 def _calibrate_thread(reader: Any, ranges: list[tuple[int, int]], atoms: np.ndarray,
-                      n_nonzero: int, start_at: float) -> dict:
-    """One worker thread's timings (all threads' tasks start together at ``start_at``)."""
+                      n_nonzero: int, start_at: float, code_gram: bool) -> dict:
+    """One worker thread's timings (all threads' tasks start together at ``start_at``);
+    with ``code_gram``, its blocks' codes are folded into the code Gram matrix, as a fit
+    with the method of optimal directions folds them."""
     while time.time() < start_at:  # line the tasks up so that they contend as in a fit
         time.sleep(0.001)
     timings: list[tuple[int, float]] = []
     begin = time.perf_counter()
     # a share of its own (a token of its own): this thread codes all the rows
     stats = share_statistics(reader, ranges, uuid.uuid4().hex, atoms, n_nonzero, 0.0, "omp",
-                             n_candidates(atoms.shape[0]), timings)
+                             n_candidates(atoms.shape[0]), timings, code_gram=code_gram)
     t_task = time.perf_counter() - begin
     rows, seconds = np.array(timings).T
     # the Gram matrix, made (or waited for) before the blocks
@@ -219,9 +250,11 @@ def _calibration_data(source: Any, layer: str | None, n_rows: int, n_features: i
 
 
 def _calibrate(rt: Runtime, reader: Any, ranges: list[tuple[int, int]], atoms: np.ndarray,
-               n_nonzero: int) -> tuple[list[dict], float, int]:
+               n_nonzero: int, code_gram: bool) -> tuple[list[dict], float, int]:
     """Every worker thread's timings, from a second round (the first loads the kernels and
-    the data everywhere); the wall time of that round and the number of threads."""
+    the data everywhere); the wall time of that round and the number of threads. The tasks
+    return their statistics (with the code Gram matrix when ``code_gram``), whose transfer
+    the round's wall time includes."""
     threads = rt.lanes()
     shared_reader = rt.share(reader) if isinstance(reader, np.ndarray) else reader
 
@@ -235,7 +268,7 @@ def _calibrate(rt: Runtime, reader: Any, ranges: list[tuple[int, int]], atoms: n
             placement = {"workers": [worker], "allow_other_workers": False} if worker else {}
             with dask.annotate(**placement):
                 tasks.append(dask.delayed(_calibrate_thread, pure=False)(
-                    shared_reader, ranges, shared_atoms, n_nonzero, start_at))
+                    shared_reader, ranges, shared_atoms, n_nonzero, start_at, code_gram))
         begin = time.time()
         results = rt.compute(*tasks)
         return results, time.time() - max(begin, start_at)
@@ -249,8 +282,8 @@ def _calibrate(rt: Runtime, reader: Any, ranges: list[tuple[int, int]], atoms: n
 def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: int = 10,
          n_workers: int, threads_per_worker: int = 1, n_features: int | None = None,
          layer: str | None = None, chunk_rows: int | None = None,
-         calibration_rows: int = 8192, client: Any = None, random_state: int = 0,
-         verbose: bool = False) -> Plan:
+         calibration_rows: int = 8192, update: str = "auto", client: Any = None,
+         random_state: int = 0, verbose: bool = False) -> Plan:
     """Predict the time per iteration and memory per worker of a fit, from a calibration.
 
     Parameters
@@ -273,6 +306,11 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     calibration_rows : int, default=8192
         Rows each worker thread codes in calibration (for a stored source: rounded up to whole
         chunks, at least two).
+    update : {"auto", "mod", "approx"}, default="auto"
+        The fit's dictionary update, resolved as :func:`daskdict.fit` resolves it ("auto":
+        "mod" up to 4,096 atoms, "approx" beyond) and recorded in the plan. For "mod" the
+        calibration sums the code Gram matrix too, sends it with the statistics and times
+        the driver's solve. "ksvd" (all the data in one task) is not modelled.
     client : distributed.Client, cluster, "local" or None
         Where to calibrate: on the planned kind of machine, ideally the planned cluster (None:
         a LocalCluster here). Every worker thread calibrates at once.
@@ -281,12 +319,18 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     Returns
     -------
     Plan
+
+    Raises
+    ------
+    InvalidInputError
+        For a bad size or update, or ``n_nonzero`` above the data's width.
     """
     for name, value in (("n_samples", n_samples), ("n_atoms", n_atoms),
                         ("n_nonzero", n_nonzero), ("n_workers", n_workers),
                         ("threads_per_worker", threads_per_worker),
                         ("calibration_rows", calibration_rows)):
         check_positive_int(name, value)
+    update = _check_update(update, n_atoms)
     reader, n_rows, n_features, stored_chunk_rows = _calibration_data(
         source, layer, calibration_rows, n_features, n_atoms, n_nonzero, random_state)
     if n_nonzero > n_features:
@@ -300,11 +344,24 @@ def plan(source: Any = None, *, n_samples: int, n_atoms: int = 3072, n_nonzero: 
     atoms = rng.standard_normal((n_atoms, n_features)).astype(np.float32)
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
     with runtime(client if client is not None else "local", verbose=verbose) as rt:
-        results, t_wall, n_threads = _calibrate(rt, reader, ranges, atoms, n_nonzero)
+        results, t_wall, n_threads = _calibrate(rt, reader, ranges, atoms, n_nonzero,
+                                                code_gram=update == "mod")
     return _make_plan(results, t_wall, n_threads, atoms, client, n_rows, chunk_rows, dict(
         n_samples=int(n_samples), n_features=int(n_features), n_atoms=int(n_atoms),
         n_nonzero=int(n_nonzero), n_workers=int(n_workers),
-        threads_per_worker=int(threads_per_worker), chunk_rows=int(chunk_rows)))
+        threads_per_worker=int(threads_per_worker), chunk_rows=int(chunk_rows),
+        update=update))
+
+
+def _check_update(update: Any, n_atoms: int) -> str:
+    """The update a fit with ``update`` and ``n_atoms`` atoms uses ("mod" or "approx")."""
+    if update == "ksvd":
+        raise InvalidInputError(
+            "plan models the one-pass updates (auto, mod, approx); update='ksvd' codes all the "
+            "data in one task, which no plan of shares describes. Plan with update='approx' "
+            "or 'mod' instead.")
+    check_choice("update", update, PLAN_UPDATES)
+    return resolve_update(update, n_atoms)[0]
 
 
 def _make_plan(results: list[dict], t_wall: float, n_threads: int, atoms: np.ndarray,
@@ -314,14 +371,14 @@ def _make_plan(results: list[dict], t_wall: float, n_threads: int, atoms: np.nda
     t_row = max(float(np.median([r["t_row"] for r in results])), 1e-12)
     # what the round took beyond its slowest task: shipping the statistics back
     t_gather = max(0.0, t_wall - max(r["t_task"] for r in results)) / n_threads
-    t_driver, t_merge = _time_driver(atoms, results[0]["stats"])
+    t_driver, t_merge = _time_driver(atoms, results[0]["stats"], planned["update"])
     calibration = {"t_gram": t_gram, "t_row": t_row, "t_gather": t_gather,
                    "t_merge": t_merge, "t_driver": t_driver,
                    "rows": int(n_rows), "threads": n_threads, "where": _where(client)}
     threads = planned["threads_per_worker"]
     seconds = model_seconds(calibration, planned["n_samples"], planned["n_workers"], threads)
     arrays = _arrays_per_worker(planned["n_atoms"], planned["n_features"],
-                                planned["n_nonzero"], chunk_rows, threads)
+                                planned["n_nonzero"], chunk_rows, threads, planned["update"])
     peak = int(max(r["peak_rss"] for r in results))
     # the calibration tasks held calibration_rows rows; a fit holds chunk_rows per thread
     peak += max(0, chunk_rows - n_rows) * planned["n_features"] * 4 * 2 * threads
@@ -336,14 +393,20 @@ def _where(client: Any) -> str:
     return client if isinstance(client, str) else type(client).__name__
 
 
-def _time_driver(atoms: np.ndarray, stats: dict, repeats: int = 3) -> tuple[float, float]:
-    """Seconds of the driver's update per iteration, and of merging one share's statistics."""
+def _time_driver(atoms: np.ndarray, stats: dict, update: str,
+                 repeats: int = 3) -> tuple[float, float]:
+    """Seconds of the driver's update per iteration, and of merging one share's statistics.
+
+    ``update`` "mod" solves with the merged code Gram matrix (``stats`` then holds one, of
+    shape (n_atoms, n_atoms)), as the fit does; "approx" takes the power step.
+    """
     n_worst = stats["worst_err"].size
+    update_atoms = mod_update if update == "mod" else approx_update
 
     def once(n_shares):
         begin = time.perf_counter()
         merged = merge_statistics([stats] * n_shares, n_worst)
-        new_atoms = approx_update(atoms, merged)
+        new_atoms = update_atoms(atoms, merged)
         replace_atoms(new_atoms, merged)
         return time.perf_counter() - begin
 
@@ -353,9 +416,9 @@ def _time_driver(atoms: np.ndarray, stats: dict, repeats: int = 3) -> tuple[floa
     return max(0.0, one - per_share), per_share
 
 
-def _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads) -> dict:
+def _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads, update) -> dict:
     """Bytes of the large arrays one worker holds during an iteration (float32 data)."""
-    return {
+    arrays = {
         "dictionary": n_atoms * n_features * 4 * 2,  # the shared key and its contiguous copy
         "gram": n_atoms * n_atoms * 4,  # one per worker process, shared by its threads
         "statistics": n_atoms * n_features * 8 * 2 * threads,  # running total + one chunk's
@@ -363,6 +426,11 @@ def _arrays_per_worker(n_atoms, n_features, n_nonzero, chunk_rows, threads) -> d
         "correlations": CODE_ROWS * n_atoms * 4 * threads,
         "codes": chunk_rows * n_nonzero * 8 * threads,
     }
+    if update == "mod":
+        # float64 and dense (the upper triangle is summed, the whole matrix travels): the
+        # share's running total and a merge input
+        arrays["code_gram"] = n_atoms * n_atoms * 8 * 2
+    return arrays
 
 
 def describe_plan(path: Path) -> dict:

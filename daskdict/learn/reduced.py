@@ -202,6 +202,29 @@ def correlations(rows: np.ndarray, atoms: np.ndarray, out: np.ndarray) -> None:
             result.copy_(torch.mm(y.to(torch.bfloat16), d.to(torch.bfloat16).T))
 
 
+_ROUNDS: list[bool] = []
+
+
+def rounds_inputs() -> bool:
+    """Whether :func:`correlations` really takes bfloat16 inputs on this machine (measured
+    once per process): oneDNN computes float32 products in float32 where it has no bfloat16
+    kernel for the CPU (AVX512-BF16 without AMX, for one), and then bfloat16 correlations
+    cost more than NumPy's float32 ones and gain nothing."""
+    if not _ROUNDS:
+        torch = require_torch()
+        rng = np.random.default_rng(0)
+        rows, atoms = (rng.standard_normal(shape).astype(np.float32)
+                       for shape in ((64, 256), (128, 256)))
+        out = np.empty((64, 128), dtype=np.float32)
+        correlations(rows, atoms, out)
+        rounded = [torch.from_numpy(a).to(torch.bfloat16).double().numpy()
+                   for a in (rows, atoms)]
+        from_rounded = np.abs(out - rounded[0] @ rounded[1].T).max()
+        from_plain = np.abs(out - rows.astype(np.float64) @ atoms.T.astype(np.float64)).max()
+        _ROUNDS.append(bool(from_rounded < from_plain))
+    return _ROUNDS[0]
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _exact(y, atom):
     """``y . atom`` in the rows' precision, as the float32 product sums it (reassociated, so

@@ -21,7 +21,7 @@ import dask
 import numpy as np
 
 from daskdict.compute.runtime import Runtime, release_memory
-from daskdict.learn import coding
+from daskdict.learn import coding, kernels
 
 
 def share_ranges(chunk_rows: tuple[int, ...], n_shares: int) -> list[list[tuple[int, int]]]:
@@ -211,7 +211,7 @@ def forget_worker_state(rt: Runtime) -> None:
 
 def share_statistics(reader: Any, ranges: list[tuple[int, int]], token: str,
                      atoms: np.ndarray, n_nonzero: int, tol: float, coder: str, n_worst: int,
-                     timings: list | None = None) -> dict | None:
+                     timings: list | None = None, code_gram: bool = False) -> dict | None:
     """One of the tasks coding a share (the rows of ``ranges``) in one iteration.
 
     Every thread of the worker runs one such task per share; all tasks with the same ``token``
@@ -221,7 +221,8 @@ def share_statistics(reader: Any, ranges: list[tuple[int, int]], token: str,
     registered, without its sums, until the fit ends). A task that runs alone (elsewhere after
     its worker was lost, or under the sync scheduler) codes the whole share and returns the
     same total. ``timings``, a list, receives ``(rows, seconds)`` of each block this task
-    coded (for :func:`daskdict.plan`).
+    coded (for :func:`daskdict.plan`). With ``code_gram``, the statistics hold the code Gram
+    matrix too (see :func:`accumulate`).
     """
     with _SHARES_LOCK:
         work = _SHARES.get(token)
@@ -234,7 +235,7 @@ def share_statistics(reader: Any, ranges: list[tuple[int, int]], token: str,
         begin = time.perf_counter()
         index, rows = claimed
         stats = coding.block_statistics(rows, atoms, gram, n_nonzero, tol, coder, n_worst,
-                                        buffer)
+                                        buffer, keep_codes=code_gram)
         del rows
         total = work.fold(index, stats, n_worst)
         release_memory()
@@ -248,15 +249,31 @@ def share_statistics(reader: Any, ranges: list[tuple[int, int]], token: str,
 
 # Statistics added in float64 (the others are counts and the worst rows).
 SUMMED = ("restricted", "coef_sq", "sums", "row_sum")
+SUMMED_ALL = (*SUMMED, "code_gram")
 
 
 def accumulate(total: dict | None, stats: dict, n_worst: int) -> dict:
-    """Add one set of statistics to a running total (float64 sums, updated in place)."""
+    """Add one set of statistics to a running total (float64 sums, updated in place).
+
+    A block's ``"codes"`` (see :func:`daskdict.learn.coding.block_statistics`) are added to
+    the total's ``"code_gram"``, the upper triangle of ``X^T X`` of shape (n_atoms, n_atoms),
+    float64: codes travel no further than the fold, only the matrix does.
+    """
+    codes = stats.get("codes")
     if total is None:  # a copy: the total is updated in place, its first addend must not be
-        return {key: np.array(value, dtype=np.float64) if key in SUMMED else value.copy()
-                for key, value in stats.items()}
+        total = {key: np.array(value, dtype=np.float64) if key in SUMMED_ALL else value.copy()
+                 for key, value in stats.items() if key != "codes"}
+        if codes is not None:
+            n_atoms = total["restricted"].shape[0]
+            total["code_gram"] = np.zeros((n_atoms, n_atoms), dtype=np.float64)
+            kernels.add_code_gram(total["code_gram"], *codes)
+        return total
     for key in SUMMED:
         total[key] += stats[key]
+    if codes is not None:
+        kernels.add_code_gram(total["code_gram"], *codes)
+    elif "code_gram" in stats:
+        total["code_gram"] += stats["code_gram"]
     total["usage"] += stats["usage"]
     err = np.concatenate([total["worst_err"], stats["worst_err"]])
     rows = np.concatenate([total["worst_rows"], stats["worst_rows"]])

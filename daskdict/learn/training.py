@@ -1,9 +1,10 @@
 """K-SVD out of core: each iteration is one Dask graph over the row chunks of the data.
 
-One iteration (``update="approx"``, the default) reads every chunk once. Per block of rows, a
-task computes the correlations ``Y_b D^T`` (GEMM), codes the rows (Batch-OMP or matching
-pursuit, numba), and sums the restricted residual products ``sum_i r_i x_ij`` of every atom,
-the squared coefficients, usage counts, error sums and the worst-represented rows. Zarr and
+One iteration (``update="mod"``, ``"approx"`` or ``"auto"``, the default) reads every chunk
+once. Per block of rows, a task computes the correlations ``Y_b D^T`` (GEMM), codes the rows
+(Batch-OMP or matching pursuit, numba; or the device coder on a GPU), and sums the restricted
+residual products ``sum_i r_i x_ij`` of every atom, the squared coefficients, usage counts,
+error sums and the worst-represented rows (and, for ``"mod"``, the code Gram matrix). Zarr and
 NumPy data are cut into one equal share per worker process, whose threads code it together
 (see :mod:`daskdict.learn.shares`); a dask array gets one task per chunk and a tree reduction.
 The driver then updates all atoms at once (see :mod:`daskdict.learn.updates`).
@@ -27,7 +28,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from daskdict.compute.runtime import Runtime, n_cores, runtime
+from daskdict.compute.runtime import Runtime, runtime
 from daskdict.errors import InvalidInputError
 from daskdict.io.formats import check_output
 from daskdict.io.reads import open_rows
@@ -41,6 +42,7 @@ from daskdict.learn.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from daskdict.learn.devices import cluster_shape, pin_worker_device
 from daskdict.learn.dictionary import Dictionary
 from daskdict.learn.levels import (
     level_checkpoint,
@@ -55,6 +57,7 @@ from daskdict.learn.updates import (
     approx_update,
     exact_ksvd_block,
     initial_atoms,
+    mod_update,
     n_candidates,
     replace_atoms,
     summary,
@@ -116,11 +119,15 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
     tol : float, default=0.0
         Also stop coding a sample once its relative residual ``|y - xD| / |y|`` is at most
         ``tol``.
-    update : {"approx", "ksvd"}, default="approx"
-        ``"approx"``: one power step per atom from the iteration's codes, all atoms at once, one
-        pass over the data. ``"ksvd"``: exact leading singular pairs of the restricted residuals
-        (textbook K-SVD); the data must be a NumPy array, or a store or dask array of one
-        chunk.
+    update : {"auto", "mod", "approx", "ksvd"}, default="auto"
+        ``"mod"``: the method of optimal directions, the least-squares dictionary for the
+        iteration's codes, ``(X^T X)^{-1} X^T Y`` with rows normalised (one pass over the
+        data; every task also sums the code Gram matrix ``X^T X``, n_atoms^2 float64).
+        ``"approx"``: one power step per atom from the iteration's codes, all atoms at once,
+        one pass over the data, no n_atoms^2 matrix. ``"auto"``: "mod" up to 4,096 atoms,
+        "approx" beyond (``params["update_choice"]`` says which and why). ``"ksvd"``: exact
+        leading singular pairs of the restricted residuals (textbook K-SVD); the data must be
+        a NumPy array, or a store or dask array of one chunk.
     atom_batch_size : int, optional
         For ``update="ksvd"``: atoms updated together from the same state (default: all).
         ``1`` is the sequential textbook update.
@@ -135,13 +142,20 @@ _FIT_DOC = """Learn a K-SVD dictionary out of core.
     positive : bool, default=False
         Non-negative codes (non-negative Batch-OMP with a non-negative least-squares refit on
         the support): each concept is one-sided, and ``encode`` codes the same way. Needs
-        ``coder="omp"`` and ``update="approx"``.
+        ``coder="omp"`` and an update other than "ksvd".
     center : bool, default=False
         Fit the rows minus their mean (one more pass over the data), kept in the dictionary
         (``mean``) so that ``encode`` codes ``y - mean`` and ``reconstruct`` adds it back. With
         levels, the first level is fitted on the centred rows. (Scaling rows to unit norm is
         not offered: it changes no code's atoms, since OMP's support is the same for ``c y``
         as for ``y``, only how much each row weighs in the fit.)
+    device : {"cpu", "cuda", "cuda:N"}, default="cpu"
+        Where rows are coded. "cpu": the numba coders. "cuda": Batch-OMP batched over the rows
+        on a GPU through PyTorch (:mod:`daskdict.learn.device_coder`; the correlations in
+        float32 with TF32 off, the same codes as the numba coders within float32 rounding,
+        signed or ``positive``; coder "omp", dtype "float32", float32 correlations). A
+        LocalCluster started by the fit has one worker process per GPU; on a cluster of your
+        own, "cuda" is each worker's current device. Not part of a checkpoint's identity.
     validation : path, EmbeddingStore, zarr.Array, zarr.Group, dask array or ndarray, optional
         Held-out rows of shape (n_validation, n_features), never trained on, in any form
         ``source`` takes (a store is read at the same ``layer``); not the training source
@@ -227,7 +241,7 @@ def fit(
     layer: str | None = None,
     coder: str = "omp",
     tol: float = 0.0,
-    update: str = "approx",
+    update: str = "auto",
     atom_batch_size: int | None = None,
     shuffle_atoms: bool = True,
     replace_atoms: bool = True,
@@ -236,6 +250,7 @@ def fit(
     positive: bool = False,
     center: bool = False,
     correlation_dtype: str = "float32",
+    device: str = "cpu",
     validation: Any = None,
     patience: int | None = None,
     random_state: int | np.random.Generator | None = None,
@@ -249,7 +264,7 @@ def fit(
     hyper = dict(n_iter=n_iter, coder=coder, tol=tol, update=update,
                  atom_batch_size=atom_batch_size, shuffle_atoms=shuffle_atoms,
                  replace_atoms=replace_atoms, init=init, dtype=dtype, positive=positive,
-                 center=center, correlation_dtype=correlation_dtype)
+                 center=center, correlation_dtype=correlation_dtype, device=device)
     early = dict(validation=validation, patience=check_patience(patience, validation))
     levels = split_levels(n_atoms, n_nonzero)
     if levels is not None:
@@ -258,12 +273,12 @@ def fit(
                                 overwrite=overwrite), verbose, early)
     setup = _prepare(source, layer, dict(n_atoms=n_atoms, n_nonzero=n_nonzero, **hyper),
                      random_state, checkpoint, resume, out, overwrite, early)
-    # A LocalCluster started here is one worker process with a thread per core: its threads
-    # share one Gram matrix in the CPU's cache and balance their share of the rows, which is
-    # faster than one single-threaded process per core.
+    n_workers, n_threads = cluster_shape(setup.params.device)
     with runtime(client, in_memory=setup.description["kind"] == "ndarray", verbose=verbose,
-                 n_workers=1, threads_per_worker=n_cores()) as rt:
+                 n_workers=n_workers, threads_per_worker=n_threads) as rt:
         try:
+            if setup.params.device == "cuda" and rt.client is not None:
+                rt.client.run(pin_worker_device)
             model = _run(setup, init, rt, verbose)
         finally:
             shares.forget_worker_state(rt)
@@ -533,7 +548,9 @@ def _share_graph(data: Any, reader: Any, shared_atoms: Any, params: FitParams, r
             totals.append(dask.delayed(shares.share_total)(*[dask.delayed(
                 shares.share_statistics)(shared_reader, ranges, f"{token}-{share}",
                                          shared_atoms, params.n_nonzero, params.tol,
-                                         params.coder_key, n_worst) for _ in range(n_threads)]))
+                                         params.coder_key, n_worst,
+                                         code_gram=params.update == "mod")
+                for _ in range(n_threads)]))
     return shares.tree_reduce(totals, n_worst)
 
 
@@ -568,9 +585,13 @@ def _iterate(data: Any, reader: Any, atoms: np.ndarray, params: FitParams, rt: R
         else:
             graph = shares.tree_reduce([dask.delayed(coding.block_statistics)(
                 chunk, shared_atoms, shared_gram, params.n_nonzero, params.tol, params.coder_key,
-                n_worst) for chunk in data.to_delayed().ravel()], n_worst)
+                n_worst, keep_codes=params.update == "mod")
+                for chunk in data.to_delayed().ravel()], n_worst)
         (stats,) = rt.compute(graph)
-        new_atoms = approx_update(atoms, stats, POSITIVE_STEP if params.positive else 1.0)
+        if params.update == "mod":
+            new_atoms = mod_update(atoms, stats)
+        else:
+            new_atoms = approx_update(atoms, stats, POSITIVE_STEP if params.positive else 1.0)
     record = summary(stats, n_rows, n_zero_rows, n_features)
     replaced = 0
     if params.replace_atoms:

@@ -20,8 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import scipy.linalg.blas
 
+from daskdict.compute.runtime import blas_controller
 from daskdict.errors import InvalidInputError
 from daskdict.learn import coding, kernels
 
@@ -128,6 +130,86 @@ def approx_update(atoms: np.ndarray, stats: dict, step: float = 1.0) -> np.ndarr
     np.divide(direction, norms[:, None], out=direction, where=ok[:, None])
     direction[~ok] = atoms[~ok]  # unused atoms stay as they were
     return direction
+
+
+# Floating-point operations of the solve from which it runs on every BLAS thread.
+THREADED_WORK = 2e8
+
+# Ridge of the method of optimal directions, relative to the mean diagonal of X^T X (at least
+# 16 roundings of the solve's dtype): atoms whose users always come together (or with very few
+# users) leave X^T X singular or nearly so.
+MOD_RIDGE = 1e-8
+
+
+def mod_update(atoms: np.ndarray, stats: dict) -> np.ndarray:
+    """All atoms at once by the method of optimal directions, rows then normalised.
+
+    The least-squares dictionary for the iteration's codes, ``D = (X^T X)^{-1} X^T Y``
+    (Engan, Aase & Husøy (1999), Method of optimal directions for frame design): every atom
+    is moved knowing how its users share rows with the others' (which the one power step of
+    :func:`approx_update` ignores), at the price of the code Gram matrix ``X^T X`` in the
+    statistics. Since ``X^T Y = restricted + X^T X D``, it is the step
+    ``D + (X^T X)^{-1} restricted`` from the current atoms: no ``X^T Y`` is summed and no
+    n_atoms^2 x n_features product is made.
+
+    Parameters
+    ----------
+    atoms : ndarray of shape (n_atoms, n_features)
+        The solve runs in their dtype (float32 atoms: float32, twice as fast as float64 on
+        the one n_atoms^3 / 3 operation of the update).
+    stats : dict
+        Iteration statistics with ``"code_gram"`` (its upper triangle, see
+        :func:`daskdict.learn.kernels.add_code_gram`).
+
+    Returns
+    -------
+    ndarray of shape (n_atoms, n_features), float64
+        Unit rows; an atom no row uses stays as it was.
+    """
+    dtype = np.result_type(atoms.dtype, np.float32)
+    upper = stats["code_gram"]
+    n_atoms, n_features = atoms.shape
+    # BLAS threads cost more than they save on small systems (each wake-up is a context switch
+    # when the machine is busy) and much less than they save on large ones
+    threads = None if n_atoms ** 2 * (n_atoms / 3 + 2 * n_features) >= THREADED_WORK else 1
+    with blas_controller().limit(limits=threads, user_api="blas"):
+        step = _mod_step(upper, stats["restricted"], dtype)
+    new = np.asarray(atoms, dtype=np.float64) + step
+    norms = np.linalg.norm(new, axis=1)
+    ok = np.isfinite(norms) & (norms > 0)
+    new[ok] /= norms[ok, None]
+    new[~ok] = atoms[~ok]
+    return new
+
+
+def _mod_step(upper, restricted, dtype):
+    """``(X^T X + ridge)^{-1} restricted`` in ``dtype``, zero for atoms no row uses.
+
+    From the upper triangle alone: the Cholesky factorisation reads no other entry, so the
+    symmetric matrix is never filled in (a fallback for a factorisation that fails does).
+    """
+    code_gram = np.array(upper, dtype=dtype)
+    target = np.array(restricted, dtype=dtype)
+    diagonal = np.diag(code_gram).copy()
+    unused = diagonal <= 0
+    # an unused atom gets the equation 1 * step_j = 0, and stays out of the others'
+    code_gram[unused, :] = 0.0
+    code_gram[:, unused] = 0.0
+    diagonal[unused] = 1.0
+    target[unused] = 0.0
+    ridge = max(MOD_RIDGE, 16 * float(np.finfo(dtype).eps)) * float(diagonal.mean())
+    np.fill_diagonal(code_gram, diagonal + ridge)
+    try:
+        factor = scipy.linalg.cho_factor(code_gram, lower=False, overwrite_a=True,
+                                         check_finite=False)
+        return scipy.linalg.cho_solve(factor, target, overwrite_b=True, check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        code_gram = np.array(upper, dtype=dtype)
+        code_gram[unused, :] = 0.0
+        code_gram[:, unused] = 0.0
+        np.fill_diagonal(code_gram, diagonal + ridge)
+        code_gram += np.triu(code_gram, 1).T
+        return scipy.linalg.lstsq(code_gram, target, check_finite=False)[0]
 
 
 def _largest_coherence(single: np.ndarray) -> np.ndarray:

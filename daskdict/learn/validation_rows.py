@@ -98,7 +98,8 @@ def open_validation(validation: Any, layer: str | None, source: Any, description
 
 
 def validation_block(y: np.ndarray, mean: np.ndarray | None, atoms: np.ndarray,
-                     gram: np.ndarray, n_nonzero: int, tol: float, coder: str) -> np.ndarray:
+                     gram: np.ndarray, n_nonzero: int, tol: float, coder: str,
+                     offset: int = 0) -> np.ndarray:
     """Squared residual and squared norm of one chunk of validation rows, coded as
     ``Dictionary.encode`` codes them.
 
@@ -109,8 +110,8 @@ def validation_block(y: np.ndarray, mean: np.ndarray | None, atoms: np.ndarray,
         The training mean of a centred fit (subtracted first), else None.
     atoms : ndarray of shape (n_atoms, n_features)
     gram : ndarray of shape (n_atoms, n_atoms)
-    n_nonzero, tol, coder :
-        As for :func:`daskdict.learn.coding.code_block`.
+    n_nonzero, tol, coder, offset :
+        As for :func:`daskdict.learn.coding.code_block` (``offset``: the chunk's first row).
 
     Returns
     -------
@@ -120,7 +121,7 @@ def validation_block(y: np.ndarray, mean: np.ndarray | None, atoms: np.ndarray,
     y = coding.as_block(y if mean is None else np.asarray(y) - mean, atoms.dtype)
     # one level of the level coder: the codes of encode (exact batches) and the residual
     residual = coding.code_levels(y, atoms, [gram], [atoms.shape[0]], [n_nonzero], tol, coder,
-                                  exact=True)[2]
+                                  exact=True, offset=offset)[2]
     return np.array([np.einsum("ij,ij->", residual, residual, dtype=np.float64),
                      np.einsum("ij,ij->", y, y, dtype=np.float64)])
 
@@ -139,9 +140,11 @@ def validation_error(rows: Any, atoms: np.ndarray, mean: np.ndarray | None, para
     atoms = np.ascontiguousarray(atoms, dtype=np.dtype(params.dtype))
     shared_atoms = rt.share(atoms)
     shared_gram = dask.delayed(coding.gram_matrix)(shared_atoms)
+    offsets = np.cumsum((0, *rows.chunks[0][:-1])).tolist()
     parts = [dask.delayed(validation_block)(chunk, mean, shared_atoms, shared_gram,
-                                            params.n_nonzero, params.tol, params.coder_key)
-             for chunk in rows.to_delayed().ravel()]
+                                            params.n_nonzero, params.tol, params.coder_key,
+                                            offset)
+             for chunk, offset in zip(rows.to_delayed().ravel(), offsets, strict=True)]
     (total,) = rt.compute(dask.delayed(_sum)(parts))
     residual_sq, norm_sq = (float(v) for v in total)
     return float(np.sqrt(residual_sq / norm_sq)) if norm_sq > 0 else 0.0
