@@ -6,7 +6,7 @@ recipe, and its dictionary is scored by the relative error ``||Y - X D||_F / ||Y
 OMP codes with 10 non-zeros over it, on the training data Y itself, against wall seconds:
 
 * daskdict: ``daskdict.fit(Y, n_atoms=1024, n_nonzero=10, n_iter=--daskdict-iter,
-  client="threads")`` (approximate K-SVD), one call. The dictionary after iteration t exists
+  client="threads")`` (its default update), one call. The dictionary after iteration t exists
   at ``setup + sum of history[:t] seconds``, where setup = (wall time of the whole call) -
   (sum of the iterations' seconds): all the call's overhead outside its iterations (reading,
   validation, initial atoms, teardown) is charged before the first iteration, so every point

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--n-iter", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--update", choices=("auto", "mod", "approx"), default="auto",
-                        help="the dictionary update of the plan and the fit (default auto)")
+                        help="the update of the plan and the fit (default auto)")
     parser.add_argument("--workdir", default="/tmp/daskdict-bench-plan")
     parser.add_argument("--keep", action="store_true", help="keep the store for another run")
     args = parser.parse_args()
@@ -54,7 +54,6 @@ def main() -> None:
 
     import daskdict
     from daskdict.datasets.planted import write_planted_store
-
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / f"planted-{args.n_samples}x{args.n_features}-k{args.n_atoms}.zarr"

@@ -33,6 +33,8 @@ def blas_controller() -> ThreadpoolController:
     the process's memory map, which would cost each small iteration of a fit more than its
     own update."""
     if not _CONTROLLER:
+        import scipy.linalg  # noqa: F401  (its own BLAS, loaded before the snapshot)
+
         _CONTROLLER.append(ThreadpoolController())
     return _CONTROLLER[0]
 

@@ -94,7 +94,11 @@ def check_resumable(state: dict, path: Path, params: dict, seed: int,
     problem = None
     if saved != wanted:
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
-        problem = f"other parameters ({', '.join(changed)})"
+        problem = "other parameters (" + ", ".join(
+            f"{k}={saved.get(k)!r} there, {wanted[k]!r} here" for k in changed) + ")"
+        if "update" in changed and "update_choice" not in state["params"]:
+            problem += (f"; it was written before update='auto' became the default: pass "
+                        f"update={saved.get('update')!r} to continue it")
     elif seed_given and seed != int(state["seed"]):
         problem = f"random_state={state['seed']}, not {seed}"
     elif len(state["history"]) > params["n_iter"]:

@@ -175,7 +175,7 @@ def batches(n_rows: int, offset: int | None = None) -> list[tuple[int, int, int]
     it, batches cut where the data's index ``offset + i`` is a multiple of CODE_ROWS, so that
     row i sits at ``(offset + i) % CODE_ROWS`` (see :func:`code_block`).
     """
-    if offset is None:
+    if offset is None or n_rows == 0:
         return [(start, min(start + CODE_ROWS, n_rows), 0)
                 for start in range(0, n_rows, CODE_ROWS)]
     at = offset % CODE_ROWS
@@ -225,9 +225,10 @@ def code_block(y: np.ndarray, atoms: np.ndarray, gram: np.ndarray, n_nonzero: in
     atoms, gram = as_block(atoms), as_block(gram)
     name, _, device = coder.partition("@")
     if device:  # the device coder batches the rows itself
-        from daskdict.learn import device_coder
+        from daskdict.learn import device_coder, devices
 
-        return device_coder.device_batch_omp(y, atoms, gram, n_nonzero, tol, device=device,
+        return device_coder.device_batch_omp(y, atoms, gram, n_nonzero, tol,
+                                             device=devices.worker_device(device),
                                              positive=name == "omp-positive")
     indices = np.empty((n_rows, n_nonzero), dtype=np.int32)
     if buffer is None:

@@ -81,24 +81,21 @@ def coder_key(coder: str, positive: bool, correlation_dtype: str = "float32",
 
 
 def check_device(device: Any, coder: str, dtype: str, correlation_dtype: str) -> str:
-    """``device`` checked for a fit: ``"cpu"`` (the numba coders) or a CUDA device that
-    PyTorch sees (the device coder: Batch-OMP, float32, float32 correlations)."""
-    if not isinstance(device, str):
-        raise InvalidInputError(f"Expected device 'cpu', 'cuda' or 'cuda:N'. Got {device!r:.100}.")
+    """``device`` checked for a fit: ``"cpu"`` (the numba coders), ``"cuda"`` or ``"cuda:N"``
+    (the device coder: Batch-OMP, float32, float32 correlations). Whether the workers see
+    such a GPU is checked where they run (:func:`daskdict.learn.devices.prepare_workers`)."""
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or (
+            device.startswith("cuda:") and device[5:].isdigit())):
+        raise InvalidInputError(
+            f"Expected device 'cpu' (the numba coders), 'cuda' or 'cuda:N'. Got {device!r:.100}.")
     if device == "cpu":
         return device
-    from daskdict.learn import device_coder
-
     for wrong, why in ((coder != "omp", f"coder={coder!r}; use coder='omp'"),
                        (dtype != "float32", f"dtype={dtype!r}; use dtype='float32'"),
                        (correlation_dtype != "float32",
                         f"correlation_dtype={correlation_dtype!r}; use 'float32'")):
         if wrong:
             raise InvalidInputError(f"device={device!r} runs Batch-OMP in float32, not {why}.")
-    if device != "cuda" and not device.startswith("cuda:"):
-        raise InvalidInputError(
-            f"Expected device 'cpu' (the numba coders), 'cuda' or 'cuda:N'. Got {device!r}.")
-    device_coder.resolve_device(device, device_coder.require_torch())  # refused if not here
     return device
 
 
@@ -283,7 +280,11 @@ def validate_params(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_s
     if not isinstance(center, bool | np.bool_):
         raise InvalidInputError(f"Expected center to be True or False. Got {center!r:.100}.")
     dtype = check_dtype(dtype)
-    correlation_dtype, why = check_correlation_dtype(correlation_dtype, coder, dtype)
+    check_device(device, coder, dtype, "float32")  # the name first: its errors say more
+    if device != "cpu" and correlation_dtype == "auto":
+        correlation_dtype, why = "float32", "float32 (auto: the device coder takes float32)"
+    else:
+        correlation_dtype, why = check_correlation_dtype(correlation_dtype, coder, dtype)
     device = check_device(device, coder, dtype, correlation_dtype)
     return FitParams(n_atoms, n_nonzero, n_iter, coder, tol, update, atom_batch_size,
                      bool(shuffle_atoms), bool(replace_atoms), init_name, dtype,

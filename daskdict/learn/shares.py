@@ -257,8 +257,13 @@ def accumulate(total: dict | None, stats: dict, n_worst: int) -> dict:
 
     A block's ``"codes"`` (see :func:`daskdict.learn.coding.block_statistics`) are added to
     the total's ``"code_gram"``, the upper triangle of ``X^T X`` of shape (n_atoms, n_atoms),
-    float64: codes travel no further than the fold, only the matrix does.
+    float64; totals add their matrices. Sets with and without it cannot be added (a named
+    error: they come from fits of different updates).
     """
+    if total is not None and ("codes" in stats or "code_gram" in stats) != (
+            "code_gram" in total):
+        raise ValueError("Statistics with and without the code Gram matrix cannot be added: "
+                         "they come from iterations of different updates.")
     codes = stats.get("codes")
     if total is None:  # a copy: the total is updated in place, its first addend must not be
         total = {key: np.array(value, dtype=np.float64) if key in SUMMED_ALL else value.copy()
@@ -272,7 +277,7 @@ def accumulate(total: dict | None, stats: dict, n_worst: int) -> dict:
         total[key] += stats[key]
     if codes is not None:
         kernels.add_code_gram(total["code_gram"], *codes)
-    elif "code_gram" in stats:
+    elif "code_gram" in total:
         total["code_gram"] += stats["code_gram"]
     total["usage"] += stats["usage"]
     err = np.concatenate([total["worst_err"], stats["worst_err"]])

@@ -42,7 +42,7 @@ from daskdict.learn.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from daskdict.learn.devices import cluster_shape, pin_worker_device
+from daskdict.learn.devices import cluster_shape, prepare_workers
 from daskdict.learn.dictionary import Dictionary
 from daskdict.learn.levels import (
     level_checkpoint,
@@ -273,12 +273,12 @@ def fit(
                                 overwrite=overwrite), verbose, early)
     setup = _prepare(source, layer, dict(n_atoms=n_atoms, n_nonzero=n_nonzero, **hyper),
                      random_state, checkpoint, resume, out, overwrite, early)
-    n_workers, n_threads = cluster_shape(setup.params.device)
+    n_workers, n_threads = cluster_shape(setup.params.device, here=client is None or isinstance(
+        client, str))
     with runtime(client, in_memory=setup.description["kind"] == "ndarray", verbose=verbose,
                  n_workers=n_workers, threads_per_worker=n_threads) as rt:
         try:
-            if setup.params.device == "cuda" and rt.client is not None:
-                rt.client.run(pin_worker_device)
+            prepare_workers(rt, setup.params.device)
             model = _run(setup, init, rt, verbose)
         finally:
             shares.forget_worker_state(rt)

@@ -1,6 +1,9 @@
 """Dictionary updates of K-SVD, atom replacement and the initial dictionary.
 
-``approx_update`` (the default, approximate K-SVD of Rubinstein, Zibulevsky & Elad (2008),
+``mod_update`` (the default up to 4,096 atoms: the method of optimal directions, the
+least-squares dictionary for the iteration's codes; see its docstring).
+
+``approx_update`` (the approximate K-SVD of Rubinstein, Zibulevsky & Elad (2008),
 Efficient Implementation of the K-SVD Algorithm using Batch Orthogonal Matching Pursuit): for
 OMP codes ``E_w d_j = x_wj`` (the residual is orthogonal to the chosen atoms), so
 ``E_w^T x_wj`` is one power step towards the leading right singular vector of the restricted
@@ -132,12 +135,9 @@ def approx_update(atoms: np.ndarray, stats: dict, step: float = 1.0) -> np.ndarr
     return direction
 
 
-# Floating-point operations of the solve from which it runs on every BLAS thread.
-THREADED_WORK = 2e8
-
-# Ridge of the method of optimal directions, relative to the mean diagonal of X^T X (at least
-# 16 roundings of the solve's dtype): atoms whose users always come together (or with very few
-# users) leave X^T X singular or nearly so.
+# Ridge of the method of optimal directions, relative to the used atoms' mean diagonal of X^T X
+# (at least 16 roundings of the solve's dtype): atoms whose users always come together (or
+# with very few users) leave X^T X singular or nearly so.
 MOD_RIDGE = 1e-8
 
 
@@ -167,13 +167,10 @@ def mod_update(atoms: np.ndarray, stats: dict) -> np.ndarray:
         Unit rows; an atom no row uses stays as it was.
     """
     dtype = np.result_type(atoms.dtype, np.float32)
-    upper = stats["code_gram"]
-    n_atoms, n_features = atoms.shape
-    # BLAS threads cost more than they save on small systems (each wake-up is a context switch
-    # when the machine is busy) and much less than they save on large ones
-    threads = None if n_atoms ** 2 * (n_atoms / 3 + 2 * n_features) >= THREADED_WORK else 1
-    with blas_controller().limit(limits=threads, user_api="blas"):
-        step = _mod_step(upper, stats["restricted"], dtype)
+    # one BLAS thread: a factorisation sums in another order on another number of threads,
+    # and the atoms must not depend on the machine a fit runs or resumes on
+    with blas_controller().limit(limits=1, user_api="blas"):
+        step = _mod_step(stats["code_gram"], stats["restricted"], dtype)
     new = np.asarray(atoms, dtype=np.float64) + step
     norms = np.linalg.norm(new, axis=1)
     ok = np.isfinite(norms) & (norms > 0)
@@ -192,12 +189,14 @@ def _mod_step(upper, restricted, dtype):
     target = np.array(restricted, dtype=dtype)
     diagonal = np.diag(code_gram).copy()
     unused = diagonal <= 0
-    # an unused atom gets the equation 1 * step_j = 0, and stays out of the others'
+    # an unused atom gets the equation scale * step_j = 0, and stays out of the others'
     code_gram[unused, :] = 0.0
     code_gram[:, unused] = 0.0
-    diagonal[unused] = 1.0
+    # the scale of the used atoms' squared coefficients (what the ridge is relative to)
+    scale = float(diagonal[~unused].mean()) if (~unused).any() else 1.0
+    diagonal[unused] = scale
     target[unused] = 0.0
-    ridge = max(MOD_RIDGE, 16 * float(np.finfo(dtype).eps)) * float(diagonal.mean())
+    ridge = max(MOD_RIDGE, 16 * float(np.finfo(dtype).eps)) * scale
     np.fill_diagonal(code_gram, diagonal + ridge)
     try:
         factor = scipy.linalg.cho_factor(code_gram, lower=False, overwrite_a=True,

@@ -27,7 +27,7 @@ from daskdict.io.reads import open_rows
 from daskdict.io.store import EmbeddingStore
 from daskdict.learn import coding
 from daskdict.learn.checkpoints import load_checkpoint, save_checkpoint
-from daskdict.learn.params import FitParams
+from daskdict.learn.params import FitParams, coder_key
 from daskdict.validation import check_positive_int
 
 __all__ = ["MIN_IMPROVEMENT", "EarlyStopping", "best_checkpoint_path", "check_patience",
@@ -141,8 +141,10 @@ def validation_error(rows: Any, atoms: np.ndarray, mean: np.ndarray | None, para
     shared_atoms = rt.share(atoms)
     shared_gram = dask.delayed(coding.gram_matrix)(shared_atoms)
     offsets = np.cumsum((0, *rows.chunks[0][:-1])).tolist()
+    # as encode codes them: on the CPU, whatever device the fit codes its rows on
+    encode_key = coder_key(params.coder, params.positive, params.correlation_dtype)
     parts = [dask.delayed(validation_block)(chunk, mean, shared_atoms, shared_gram,
-                                            params.n_nonzero, params.tol, params.coder_key,
+                                            params.n_nonzero, params.tol, encode_key,
                                             offset)
              for chunk, offset in zip(rows.to_delayed().ravel(), offsets, strict=True)]
     (total,) = rt.compute(dask.delayed(_sum)(parts))

@@ -79,3 +79,45 @@ def test_a_local_cluster_gets_one_process_per_gpu(monkeypatch):
     assert processes == 2 and threads >= 1
     assert devices.cluster_shape("cpu")[0] == 1
     assert fit_params.coder_key("omp", True, "float32", "cuda:1") == "omp-positive@cuda:1"
+
+
+def test_each_worker_process_codes_on_its_own_gpu(monkeypatch):
+    """Pinned by its number, a worker's "cuda" is its own GPU in every thread (torch's current
+    device is per thread, so the choice is kept by the process)."""
+    from types import SimpleNamespace
+
+    fake_cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 2)
+    monkeypatch.setattr(device_coder, "require_torch", lambda: SimpleNamespace(cuda=fake_cuda))
+    monkeypatch.setattr(devices, "_WORKER_GPU", [])
+    assert devices.worker_device("cuda") == "cuda"
+    assert devices.pin_worker_device(SimpleNamespace(name=3)) == "cuda:1"
+    assert devices.worker_device("cuda") == "cuda:1"
+    assert devices.worker_device("cuda:0") == "cuda:0"
+    assert devices.pin_worker_device(SimpleNamespace(name="SLURMCluster-0")) is None
+
+
+def test_a_worker_without_the_gpu_is_named(monkeypatch):
+    from types import SimpleNamespace
+
+    calls = []
+
+    def run(function, *args):
+        calls.append(function.__name__)
+        return {"tcp://b:1": None, "tcp://a:1": "it sees no CUDA device"}
+
+    rt = SimpleNamespace(client=SimpleNamespace(run=run))
+    with pytest.raises(InvalidInputError, match=r"worker tcp://a:1 cannot code on 'cuda'"):
+        devices.prepare_workers(rt, "cuda")
+    assert calls == ["device_problem"]
+    devices.prepare_workers(rt, "cpu")  # nothing asked of the workers
+    assert calls == ["device_problem"]
+
+
+def test_auto_correlations_take_float32_on_the_device(cuda_on_cpu, monkeypatch):
+    monkeypatch.setattr(fit_params, "resolve_correlations",
+                        lambda *a: ("bfloat16", "bfloat16 (auto: amx_bf16, torch)"))
+    params = fit_params.validate_params(8, 2, 1, "omp", 0.0, "auto", None, True, True, "data",
+                                        "float32", n_samples=100, n_features=10,
+                                        correlation_dtype="auto", device="cuda")
+    assert params.correlation_dtype == "float32" and params.coder_key == "omp@cuda"
+    assert "device coder" in params.correlations

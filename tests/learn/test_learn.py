@@ -537,3 +537,33 @@ def test_statistics_merge_by_a_fixed_tree(rng):
     assert shares.share_total(None, parts[3], None) is parts[3]
     with pytest.raises(RuntimeError, match="no task"):
         shares.share_total(None, None)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e-5])
+def test_mod_update_does_not_depend_on_the_scale_of_the_codes(rng, scale):
+    """Half the atoms unused, codes scaled: the step is the least-squares one whatever the
+    scale (the ridge follows the used atoms' coefficients, not the unused atoms' stand-ins)."""
+    x = rng.standard_normal((400, 8)) * (rng.random((400, 8)) < 0.5) * scale
+    x = np.hstack([x, np.zeros((400, 8))])  # atoms 8..15 unused
+    atoms = unit_rows(rng.standard_normal((16, 6)))
+    y = x @ atoms + 0.01 * scale * rng.standard_normal((400, 6))
+    stats = {"code_gram": np.triu(x.T @ x), "restricted": x.T @ (y - x @ atoms)}
+    new = updates.mod_update(atoms, stats)
+    expected = np.linalg.lstsq(x[:, :8], y, rcond=None)[0]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(new[:8], expected, atol=1e-6)
+    np.testing.assert_allclose(new[8:], atoms[8:])
+
+
+def test_statistics_with_and_without_the_code_gram_are_not_added():
+    planted = make_planted(300, 8, 16, 2, 20.0, random_state=0)
+    y, atoms = np.asarray(planted.data, dtype=np.float32), planted.atoms.astype(np.float32)
+    gram = coding.gram_matrix(atoms)
+    with_gram = coding.block_statistics(y, atoms, gram, 2, 0.0, "omp", 4, keep_codes=True)
+    without = coding.block_statistics(y, atoms, gram, 2, 0.0, "omp", 4)
+    for first, second in ((with_gram, without), (without, with_gram)):
+        with pytest.raises(ValueError, match="with and without the code Gram"):
+            shares.merge_statistics([first, second], 4)
+    total = shares.merge_statistics([with_gram, with_gram], 4)
+    assert "codes" not in total
+    np.testing.assert_allclose(np.diag(total["code_gram"]), total["coef_sq"], rtol=1e-6)
