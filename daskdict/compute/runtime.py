@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -119,6 +120,10 @@ class Runtime:
         return f"in process ({self.scheduler} scheduler)"
 
 
+# Variables by which the Dask nannies make their workers' libraries single-threaded.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def local_cluster(n_workers: int | None = None, memory_limit: str | int | None = "auto",
                   verbose: bool = False, threads_per_worker: int = 1):
     """A LocalCluster as daskdict uses it: by default one single-threaded worker process per
@@ -130,11 +135,22 @@ def local_cluster(n_workers: int | None = None, memory_limit: str | int | None =
     """
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=n_workers or n_cores(), threads_per_worker=threads_per_worker,
-                        processes=True,
-                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                        memory_limit=memory_limit,
-                        silence_logs=logging.WARNING if verbose else logging.ERROR)
+    # the nannies set OMP_NUM_THREADS=1 (and MKL's, OpenBLAS's) in this process's environment
+    # for the workers they spawn; left there, it would make whatever this process starts later
+    # (torch's thread pool, a subprocess) single-threaded
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    try:
+        return LocalCluster(n_workers=n_workers or n_cores(),
+                            threads_per_worker=threads_per_worker, processes=True,
+                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                            memory_limit=memory_limit,
+                            silence_logs=logging.WARNING if verbose else logging.ERROR)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _is_cluster(value: Any) -> bool:

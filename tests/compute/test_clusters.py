@@ -1,6 +1,7 @@
 """Arguments of daskdict.cluster, and what it says when dask-jobqueue is missing."""
 
 import inspect
+import os
 import sys
 
 import pytest
@@ -31,3 +32,18 @@ def test_missing_jobqueue_names_the_public_function(monkeypatch):
 def test_the_library_word_is_verbose():
     assert "verbose" in inspect.signature(local_cluster).parameters
     assert "quiet" not in inspect.signature(local_cluster).parameters
+
+
+@pytest.mark.cluster
+def test_a_local_cluster_leaves_this_processs_thread_settings(monkeypatch):
+    """The nannies make their workers single-threaded through the environment; this process
+    (and what it starts later: torch's thread pool, a subprocess) keeps its own settings."""
+    from daskdict.compute.runtime import THREAD_VARIABLES
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    with local_cluster(n_workers=1) as cluster:
+        assert len(cluster.workers) == 1
+        assert "OMP_NUM_THREADS" not in os.environ
+        assert os.environ["MKL_NUM_THREADS"] == "3"
+    assert set(THREAD_VARIABLES) >= {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}

@@ -360,9 +360,17 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_model, corrupt_fold
         reference = daskdict.embed(folder, tmp_path / "ref.zarr", model=model, chunk_rows=4,
                                    batch_size=2, num_workers=1, verbose=False)
     killed = tmp_path / "killed.zarr"
+    # the run in another process computes with as many threads as this one: a Dask nanny
+    # started earlier in this process may have set OMP_NUM_THREADS=1 for its children, and on
+    # some CPUs a product's last bits depend on how many threads shared it
+    import torch
+
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "OPENBLAS_NUM_THREADS": threads}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(folder), str(killed), model,
                              "--throttle", "0.05"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while _rows_done(killed) < 8:
